@@ -1,0 +1,171 @@
+"""The on-disk contract between the four steps: paths, atomic writes, self-describing folders, subset files.
+
+Every artifact folder holds a ``config.json`` naming the dataset, its fingerprint and task names, the arguments that
+made it, and the fingerprint of its input. Readers call :func:`check_compatible` before using an artifact, so a step
+refuses inputs made by an incompatible earlier step instead of producing silent garbage.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+
+
+class UsageError(Exception):
+    """Bad input from the user: printed as one line, exit status 2, nothing half-written."""
+
+
+def run_main(main, args) -> None:
+    """Call ``main(args)``; turn a :class:`UsageError` into a one-line message on stderr and exit status 2."""
+    try:
+        main(args)
+    except UsageError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+# ---------------------------------------------------------------------------------------------------------- paths
+def run_name(tasks_tag: str, seed: int) -> str:
+    """Name of one training run, e.g. ``all_seed0``: the task set and the seed."""
+    return f"{tasks_tag}_seed{seed}"
+
+
+def checkpoint_dir(saved_dir: str | Path, dataset: str, run: str) -> Path:
+    """``saved/<dataset>/<run>/``: model.pt, config.json, metrics.json of step 1."""
+    return Path(saved_dir) / dataset / run
+
+
+def gradients_dir(gradients_root: str | Path, dataset: str, run: str, project_dim: int) -> Path:
+    """``gradients/<dataset>/<run>_d<dim>/``: projected gradients of step 2."""
+    return Path(gradients_root) / dataset / f"{run}_d{project_dim}"
+
+
+def gradient_file(folder: str | Path, task: int, split: str, kind: str) -> Path:
+    """``task_<j>_<split>_<kind>.npy`` with kind in gradients / outputs / labels / nodes."""
+    return Path(folder) / f"task_{task}_{split}_{kind}.npy"
+
+
+# ---------------------------------------------------------------------------------------------------------- writes
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_json(path: str | Path, obj) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def read_json(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"{path} does not exist; run the step that writes it first")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise UsageError(f"{path} is not valid JSON ({err}); delete it and rerun the step that writes it") from err
+
+
+def save_npy(path: str | Path, array: np.ndarray) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            np.save(fh, array)
+
+
+def fingerprint(*parts) -> str:
+    """A short stable hash of arrays, strings and numbers (order matters)."""
+    digest = hashlib.sha256()
+    for part in parts:
+        if isinstance(part, np.ndarray):
+            digest.update(str(part.dtype).encode() + str(part.shape).encode())
+            digest.update(np.ascontiguousarray(part).tobytes())
+        else:
+            digest.update(json.dumps(part, sort_keys=True, default=str).encode())
+        digest.update(b"|")
+    return digest.hexdigest()[:16]
+
+
+def package_versions() -> dict:
+    import scipy
+    import sklearn
+    import torch
+
+    return {"torch": torch.__version__, "numpy": np.__version__, "scipy": scipy.__version__, "sklearn": sklearn.__version__}
+
+
+def check_compatible(config: dict, source: str | Path, **expected) -> None:
+    """Refuse an artifact whose ``config.json`` disagrees with what the reader expects.
+
+    ``expected`` maps keys of ``config`` (e.g. ``dataset``, ``dataset_fingerprint``, ``project_dim``) to the values
+    the reader needs; any mismatch is a :class:`UsageError` naming the artifact and the key.
+    """
+    for key, want in expected.items():
+        have = config.get(key)
+        if have != want:
+            raise UsageError(
+                f"{source} was made with {key}={have!r} but this run needs {key}={want!r}; "
+                "regenerate it with matching settings or point to the right folder"
+            )
+
+
+# ---------------------------------------------------------------------------------------------------------- subsets
+def read_subsets(path: str | Path, n_tasks: int) -> list[tuple[int, ...]]:
+    """Read a ``sampled_tasks`` file: one subset per line, 0-based task indices, ``#`` comments, blank lines skipped.
+
+    Returns a list of tuples of task indices in the order written. Rejects (with the line number) a non-integer, an
+    index outside ``[0, n_tasks)``, a repeated index within a line, and a file with no subset.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"subsets file {path} does not exist; write one with sample_subsets.py")
+    subsets = []
+    for number, raw in enumerate(path.read_text().splitlines(), start=1):
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        try:
+            subset = tuple(int(token) for token in line.split())
+        except ValueError:
+            raise UsageError(f"{path}:{number}: {line!r} is not a list of integer task indices") from None
+        bad = [task for task in subset if not 0 <= task < n_tasks]
+        if bad:
+            raise UsageError(f"{path}:{number}: task index {bad[0]} is out of range 0..{n_tasks - 1}")
+        if len(set(subset)) != len(subset):
+            repeated = next(task for task in subset if subset.count(task) > 1)
+            raise UsageError(f"{path}:{number}: task index {repeated} is repeated; list each task once per line")
+        subsets.append(subset)
+    if not subsets:
+        raise UsageError(f"{path} holds no subset; write one line of task indices per subset")
+    return subsets
+
+
+def write_subsets(path: str | Path, subsets: Sequence[Sequence[int]], header: str = "") -> None:
+    """Write subsets in the ``sampled_tasks`` format (also the groups format), atomically."""
+    lines = [f"# {line}" for line in header.splitlines()] if header else []
+    lines += [" ".join(str(int(task)) for task in subset) for subset in subsets]
+    with atomic_path(path) as tmp:
+        tmp.write_text("\n".join(lines) + "\n")
+
+
+def subset_key(subset: Sequence[int]) -> str:
+    """Canonical text of a subset as stored in result CSVs: indices joined by spaces, in the order given."""
+    return " ".join(str(int(task)) for task in subset)
