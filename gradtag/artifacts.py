@@ -169,3 +169,38 @@ def write_subsets(path: str | Path, subsets: Sequence[Sequence[int]], header: st
 def subset_key(subset: Sequence[int]) -> str:
     """Canonical text of a subset as stored in result CSVs: indices joined by spaces, in the order given."""
     return " ".join(str(int(task)) for task in subset)
+
+
+# ---------------------------------------------------------------------------------------------------------- result CSVs
+RESULT_COLUMNS = ["subset_id", "subset", "task", "seed", "val_f1", "val_loss", "test_f1", "test_loss", "source"]
+
+
+def read_results(path: str | Path) -> list[dict]:
+    """Rows of a per-(subset, task) results CSV (header ``RESULT_COLUMNS``), numbers parsed."""
+    import csv
+
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"results file {path} does not exist; run the step that writes it first")
+    with open(path, newline="") as fh:
+        reader = csv.DictReader(fh)
+        if reader.fieldnames != RESULT_COLUMNS:
+            raise UsageError(f"{path}: header {reader.fieldnames} is not the results header {RESULT_COLUMNS}")
+        rows = list(reader)
+    for row in rows:
+        for key in ("subset_id", "task", "seed"):
+            row[key] = int(row[key])
+        for key in ("val_f1", "val_loss", "test_f1", "test_loss"):
+            row[key] = float(row[key])
+    return rows
+
+
+def write_results(path: str | Path, rows: list[dict]) -> None:
+    """Write all rows (dicts with ``RESULT_COLUMNS``) atomically: a crash leaves the previous file intact."""
+    import csv
+
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=RESULT_COLUMNS)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({key: row[key] for key in RESULT_COLUMNS})

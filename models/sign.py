@@ -20,13 +20,26 @@ class SIGN(nn.Module):
     tasks compete for capacity (see README, "the embedded default").
     """
 
-    def __init__(self, in_dim: int, num_hops: int, num_tasks: int, hop_width: int = 256, head_width: int = 256,
-                 dropout: float = 0.0, batch_norm: bool = False):
+    def __init__(
+        self,
+        in_dim: int,
+        num_hops: int,
+        num_tasks: int,
+        hop_width: int = 256,
+        head_width: int = 256,
+        dropout: float = 0.0,
+        batch_norm: bool = False,
+    ):
         super().__init__()
         self.hops = nn.ModuleList(_block(in_dim, hop_width, dropout, batch_norm) for _ in range(num_hops + 1))
         self.head = nn.Sequential(
             _block((num_hops + 1) * hop_width, head_width, dropout, batch_norm), nn.Linear(head_width, num_tasks)
         )
+
+    @property
+    def output_layer(self) -> nn.Linear:
+        """The per-task output layer: row j of its weight (and bias j) belong to task j alone."""
+        return self.head[-1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         hidden = torch.cat([hop(x[:, k]) for k, hop in enumerate(self.hops)], dim=-1)

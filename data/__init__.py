@@ -1,0 +1,226 @@
+"""Datasets by name: ``load_dataset(name, **options)`` gives a :class:`GraphDataset` for every script.
+
+``planted`` is the embedded default (generated, offline); ``youtube``, ``amazon``, ``dblp``, ``livejournal``, ``orkut``
+read SNAP's files; ``amazon_clare`` reads the CLARE-derived Amazon files. Options left at ``None`` take the dataset's
+own default (``DATASETS[name]["defaults"]``), so each dataset documents its settings in one place.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from data.graph import SPLITS, GraphDataset, build_features, make_dataset
+from data.planted import generate_planted
+from data.snap import load_snap
+from gradtag.artifacts import UsageError, atomic_path, fingerprint, read_subsets, write_json, write_subsets
+
+DEFAULT_CACHE_DIR = Path("datasets") / "cache"
+_SNAP_DEFAULTS = dict(num_tasks=100, train_frac=0.1, val_frac=0.2, embedding_dim=64, noise_dims=0, num_hops=3)
+
+
+def _snap(name: str) -> dict:
+    return dict(
+        kind="snap",
+        defaults=_SNAP_DEFAULTS,
+        edge_stems=[f"com-{name}.ungraph.txt"],
+        community_stems=[f"com-{name}.top5000.cmty.txt", f"com-{name}.all.cmty.txt"],
+        recommended=dict(hop_width=256, head_width=256),
+    )
+
+
+DATASETS = {
+    # The embedded default. Chosen so that true affinities have structure (see README, "the embedded default"):
+    # tasks are near-copies of a group core, per-task training sets are tiny (3% of a ~200-node community, about 6
+    # positives), features are weak (16 eigenvectors + 16 noise columns), and the model's last shared layer is as
+    # narrow as the number of groups, so tasks must compete for it and same-group partners help.
+    "planted": dict(
+        kind="planted",
+        recommended=dict(hop_width=16, head_width=4, weight_decay=1e-3),
+        defaults=dict(
+            num_tasks=20,
+            train_frac=0.03,
+            val_frac=0.2,
+            embedding_dim=16,
+            noise_dims=16,
+            num_hops=3,
+            planted_nodes=2400,
+            planted_groups=4,
+            planted_core_size=200,
+            planted_noise=0.1,
+            planted_degree=10.0,
+            planted_within=0.8,
+            planted_core_within=0.7,
+            planted_seed=0,
+        ),
+    ),
+    **{name: _snap(name) for name in ("youtube", "amazon", "dblp", "livejournal", "orkut")},
+    "amazon_clare": dict(
+        kind="snap",
+        defaults=_SNAP_DEFAULTS,
+        edge_stems=["amazon-1.90.ungraph.txt"],
+        community_stems=["amazon-1.90.cmty.txt"],
+        recommended=dict(hop_width=256, head_width=256),
+    ),
+}
+
+# Flags every script shares, declared once: (flag, type, help). Defaults are per dataset (see DATASETS).
+_OPTION_FLAGS = [
+    ("num_tasks", int, "number of tasks n: the n largest communities (SNAP) or groups x tasks per group (planted)"),
+    ("train_frac", float, "fraction of a community's nodes (and of the nodes outside it) used as training samples"),
+    ("val_frac", float, "fraction of the non-training nodes used for validation; the rest is test"),
+    ("embedding_dim", int, "dimension of the spectral structural embedding (node features)"),
+    ("noise_dims", int, "extra Gaussian noise feature columns (weakens features on purpose for the planted default)"),
+    ("num_hops", int, "SIGN propagation depth K: features X, AX, ..., A^K X"),
+    ("planted_nodes", int, "planted default: number of nodes"),
+    ("planted_groups", int, "planted default: number of task groups (graph regions)"),
+    ("planted_core_size", int, "planted default: nodes in each group's core community"),
+    ("planted_noise", float, "planted default: probability a core node is swapped out of a task's community"),
+    ("planted_degree", float, "planted default: average node degree"),
+    ("planted_within", float, "planted default: share of edges inside a node's region"),
+    ("planted_core_within", float, "planted default: share of a core node's within-region edges inside its core"),
+    ("planted_seed", int, "planted default: generator seed"),
+]
+OPTION_NAMES = [name for name, _, _ in _OPTION_FLAGS] + ["split_seed"]
+
+
+def add_data_args(parser: argparse.ArgumentParser) -> None:
+    """Add the dataset flags shared by every script (one declaration, here)."""
+    group = parser.add_argument_group("dataset")
+    group.add_argument(
+        "--dataset",
+        default="planted",
+        choices=sorted(DATASETS),
+        help="dataset name; 'planted' is the embedded default generated offline",
+    )
+    group.add_argument(
+        "--data-dir",
+        default=None,
+        help="folder with the dataset's files (default: datasets/<dataset>); SNAP files may be gzipped",
+    )
+    group.add_argument("--split-seed", type=int, default=0, help="seed of the per-task train/val/test splits")
+    for name, kind, text in _OPTION_FLAGS:
+        group.add_argument(f"--{name.replace('_', '-')}", type=kind, default=None, help=f"{text} (default: per dataset)")
+
+
+def dataset_options(args: argparse.Namespace) -> dict:
+    """The dataset options a script was given, as a dict for :func:`load_dataset` and for ``config.json``."""
+    return {name: getattr(args, name) for name in OPTION_NAMES}
+
+
+def _resolve(name: str, options: dict) -> dict:
+    spec = DATASETS[name]
+    resolved = {key: value for key, value in spec["defaults"].items()}
+    resolved.update({key: value for key, value in options.items() if value is not None})
+    if spec["kind"] == "planted":
+        if resolved["num_tasks"] % resolved["planted_groups"]:
+            raise UsageError(
+                f"--num-tasks {resolved['num_tasks']} must be a multiple of --planted-groups "
+                f"{resolved['planted_groups']} for the planted dataset"
+            )
+    else:
+        resolved = {key: value for key, value in resolved.items() if not key.startswith("planted_")}
+    resolved.setdefault("split_seed", 0)
+    if not 0 < resolved["train_frac"] < 1 or not 0 < resolved["val_frac"] < 1:
+        raise UsageError("--train-frac and --val-frac must lie strictly between 0 and 1")
+    return resolved
+
+
+def cached_features(cache_dir: Path, edges: np.ndarray, num_nodes: int, options: dict) -> torch.Tensor:
+    """SIGN hop features of the graph, cached in ``cache_dir`` under a hash of the graph and options."""
+    settings = {key: options[key] for key in ("embedding_dim", "noise_dims", "num_hops", "split_seed")}
+    cache = cache_dir / f"features_{fingerprint(edges, num_nodes, settings)}.pt"
+    if cache.is_file():
+        return torch.load(cache)
+    features = build_features(
+        edges, num_nodes, options["embedding_dim"], options["noise_dims"], options["num_hops"], options["split_seed"]
+    )
+    with atomic_path(cache) as tmp:
+        torch.save(features, tmp)
+    return features
+
+
+def load_dataset(
+    name: str, data_dir: str | Path | None = None, cache_dir: str | Path = DEFAULT_CACHE_DIR, **options
+) -> GraphDataset:
+    """Load dataset ``name`` with its options (unknown keys are an error; ``None`` means the dataset's default).
+
+    For ``planted`` the generated graph, its communities and the planted grouping are written to ``data_dir``
+    (``planted_groups.txt``), so later steps and people can score against the known answer. Node features are
+    cached under ``cache_dir`` (never inside ``data_dir``, which may be read-only).
+    """
+    if name not in DATASETS:
+        raise UsageError(f"unknown dataset {name!r}; choose one of {', '.join(sorted(DATASETS))}")
+    unknown = set(options) - set(OPTION_NAMES)
+    if unknown:
+        raise TypeError(f"unknown dataset options {sorted(unknown)}")
+    spec = DATASETS[name]
+    options = _resolve(name, options)
+    dataset_dir = Path(data_dir) if data_dir is not None else Path("datasets") / name
+    if spec["kind"] == "planted":
+        edges, labels, groups = generate_planted(
+            options["planted_nodes"],
+            options["planted_groups"],
+            options["num_tasks"] // options["planted_groups"],
+            options["planted_core_size"],
+            options["planted_noise"],
+            options["planted_degree"],
+            options["planted_within"],
+            options["planted_core_within"],
+            options["planted_seed"],
+        )
+        task_names = [f"g{task_group}_t{task}" for task_group, members in enumerate(groups) for task in members]
+        features = cached_features(Path(cache_dir) / name, edges, len(labels), options)
+        dataset = make_dataset(name, features, labels, task_names, options, groups, spec["recommended"])
+        _write_planted_files(dataset_dir, dataset, edges)
+        return dataset
+    edges, labels, task_names = load_snap(name, dataset_dir, spec["edge_stems"], spec["community_stems"], options["num_tasks"])
+    features = cached_features(Path(cache_dir) / name, edges, len(labels), options)
+    return make_dataset(name, features, labels, task_names, options, None, spec["recommended"])
+
+
+def planted_groups_path(dataset_dir: str | Path) -> Path:
+    return Path(dataset_dir) / "planted_groups.txt"
+
+
+def _write_planted_files(dataset_dir: Path, dataset: GraphDataset, edges: np.ndarray) -> None:
+    """The generated graph in SNAP's formats, its planted grouping and its generator settings, beside each other."""
+    meta_path = dataset_dir / "generator.json"
+    meta = {"fingerprint": dataset.fingerprint, "options": dataset.options, "task_names": dataset.task_names}
+    if meta_path.is_file() and meta_path.read_text().find(dataset.fingerprint) >= 0:
+        return
+    with atomic_path(dataset_dir / "com-planted.ungraph.txt") as tmp:
+        np.savetxt(tmp, edges, fmt="%d", delimiter="\t", header="planted graph: FromNodeId ToNodeId")
+    communities = [np.flatnonzero(dataset.labels[:, task]) for task in range(dataset.num_tasks)]
+    with atomic_path(dataset_dir / "com-planted.cmty.txt") as tmp:
+        tmp.write_text("".join("\t".join(map(str, members)) + "\n" for members in communities))
+    write_subsets(
+        planted_groups_path(dataset_dir),
+        dataset.planted_groups,
+        header=f"planted task groups of dataset fingerprint {dataset.fingerprint}",
+    )
+    write_json(meta_path, meta)
+
+
+def read_planted_groups(path: str | Path, num_tasks: int) -> list[list[int]]:
+    """Read a planted grouping file (groups format) and check it is a partition of 0..n-1."""
+    groups = [list(group) for group in read_subsets(path, num_tasks)]
+    flat = sorted(task for group in groups for task in group)
+    if flat != list(range(num_tasks)):
+        raise UsageError(f"{path} is not a partition of tasks 0..{num_tasks - 1}; every task must be in one group")
+    return groups
+
+
+__all__ = [
+    "DATASETS",
+    "SPLITS",
+    "GraphDataset",
+    "add_data_args",
+    "dataset_options",
+    "load_dataset",
+    "planted_groups_path",
+    "read_planted_groups",
+]

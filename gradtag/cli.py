@@ -1,0 +1,125 @@
+"""Flags shared by several scripts, declared once: run control, model, training, folders."""
+
+from __future__ import annotations
+
+import argparse
+import random
+
+import numpy as np
+import torch
+
+from gradtag.artifacts import UsageError
+from models import MODELS
+
+
+def add_run_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("run")
+    group.add_argument("--seed", type=int, default=0, help="seed of every random choice this script makes")
+    group.add_argument(
+        "--device",
+        default="auto",
+        choices=["auto", "cpu", "cuda"],
+        help="where to compute: auto picks cuda when available, else cpu",
+    )
+    group.add_argument("--no-progress", action="store_true", help="hide tqdm progress bars")
+
+
+def add_folder_args(parser: argparse.ArgumentParser, *names: str) -> None:
+    """Add the artifact-folder flags a script uses, e.g. ``add_folder_args(parser, "saved", "results")``."""
+    helps = {
+        "saved": ("--saved-dir", "saved", "root of step-1 checkpoints: <saved-dir>/<dataset>/<run>/"),
+        "gradients": (
+            "--gradients-dir",
+            "gradients",
+            "root of step-2 projected gradients: <gradients-dir>/<dataset>/<run>_d<dim>/",
+        ),
+        "results": ("--results-dir", "results", "folder for result CSVs, affinity matrices and groups"),
+    }
+    group = parser.add_argument_group("folders")
+    for name in names:
+        flag, default, text = helps[name]
+        group.add_argument(flag, default=default, help=f"{text} (default: {default})")
+
+
+def add_model_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("model")
+    group.add_argument("--model", default="sign", choices=sorted(MODELS), help="network: SIGN (paper) or a plain MLP")
+    group.add_argument(
+        "--hop-width",
+        type=int,
+        default=None,
+        help="width of each hop's layer (default: the dataset's recommended value; paper 256)",
+    )
+    group.add_argument(
+        "--head-width",
+        type=int,
+        default=None,
+        help="width of the last shared layer, before the per-task logits (default: the dataset's "
+        "recommended value; paper 256, planted default 4 = number of groups)",
+    )
+    group.add_argument("--dropout", type=float, default=0.0, help="dropout probability after each hidden layer")
+    group.add_argument("--batch-norm", action="store_true", help="batch normalisation after each hidden linear layer")
+
+
+def add_training_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("training")
+    group.add_argument("--epochs", type=int, default=1000, help="maximum passes over the training nodes")
+    group.add_argument("--lr", type=float, default=1e-2, help="Adam learning rate")
+    group.add_argument(
+        "--weight-decay",
+        type=float,
+        default=None,
+        help="L2 penalty (x/2 * sum of squares) on the shared weights and the trained tasks' output rows "
+        "(default: the dataset's recommended value; planted 1e-3, SNAP 0)",
+    )
+    group.add_argument("--batch-size", type=int, default=4096, help="training nodes per optimisation step")
+    group.add_argument(
+        "--patience",
+        type=int,
+        default=200,
+        help="stop after this many epochs without a better validation score (macro-F1, then loss)",
+    )
+    group.add_argument(
+        "--fixed-steps",
+        type=int,
+        default=None,
+        help="train exactly this many optimisation steps with no early stopping (fine-tuning truth)",
+    )
+
+
+def model_options(args: argparse.Namespace, recommended: dict) -> dict:
+    """The model's constructor options: flags given, else the dataset's recommended widths."""
+    return dict(
+        hop_width=args.hop_width or recommended.get("hop_width", 256),
+        head_width=args.head_width or recommended.get("head_width", 256),
+        dropout=args.dropout,
+        batch_norm=args.batch_norm,
+    )
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda was asked for but no CUDA device is visible; use --device cpu or auto")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def parse_tasks(text: str, num_tasks: int) -> list[int]:
+    """``all`` or space/comma-separated task indices -> sorted list; one-line error naming --tasks otherwise."""
+    if text.strip() == "all":
+        return list(range(num_tasks))
+    try:
+        tasks = [int(token) for token in text.replace(",", " ").split()]
+    except ValueError:
+        raise UsageError(f"--tasks {text!r}: give 'all' or task indices such as '0 3 5'") from None
+    bad = [task for task in tasks if not 0 <= task < num_tasks]
+    if bad or not tasks or len(set(tasks)) != len(tasks):
+        raise UsageError(f"--tasks {text!r}: indices must be distinct and within 0..{num_tasks - 1}")
+    return sorted(tasks)

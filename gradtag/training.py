@@ -1,0 +1,180 @@
+"""Training and evaluating multitask node classifiers (step 1, and every "train on this subset" run).
+
+Each task is a binary node label with its own training nodes, so the loss is binary cross-entropy over each task's own
+training samples only (masked), averaged over the tasks trained. Model selection: the epoch with the best validation
+macro-F1 over the trained tasks (validation loss breaks ties), or a fixed number of steps when fine-tuning.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from gradtag.artifacts import UsageError, atomic_path, check_compatible, read_json
+from models import build_model
+
+
+def masked_bce(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over tasks of the mean BCE over each task's masked samples.
+
+    logits, labels, mask: (B, n). Entries with ``mask == False`` contribute nothing (not even through the mean);
+    tasks without any masked sample in the batch are skipped.
+    """
+    losses = F.binary_cross_entropy_with_logits(logits, labels, reduction="none") * mask
+    counts = mask.sum(dim=0)
+    present = counts > 0
+    return (losses.sum(dim=0)[present] / counts[present]).mean()
+
+
+def binary_f1(predicted: np.ndarray, truth: np.ndarray) -> float:
+    """F1 of the positive class; 0 when there is no positive prediction and no positive label."""
+    true_pos = np.sum(predicted & truth)
+    denom = predicted.sum() + truth.sum()
+    return float(2 * true_pos / denom) if denom else 0.0
+
+
+@torch.no_grad()
+def predict_logits(
+    model: torch.nn.Module, features: torch.Tensor, nodes: np.ndarray, device: torch.device, batch_size: int = 8192
+) -> torch.Tensor:
+    """Logits (len(nodes), n) of the model on the given nodes, computed in eval mode, returned on CPU."""
+    model.eval()
+    outputs = [model(features[nodes[start : start + batch_size]].to(device)).cpu() for start in range(0, len(nodes), batch_size)]
+    return torch.cat(outputs) if outputs else torch.empty(0, 0)
+
+
+def evaluate(model: torch.nn.Module, dataset, tasks: list[int], device: torch.device, splits=("train", "val", "test")) -> dict:
+    """Per task and split: F1 of the positive class (threshold logit 0) and mean BCE.
+
+    Returns ``{split: {"f1": (len(tasks),) list, "loss": list, "macro_f1": float, "mean_loss": float}}``.
+    """
+    result = {}
+    for split in splits:
+        mask = dataset.masks[split][:, tasks]
+        nodes = np.flatnonzero(mask.any(axis=1))
+        logits = predict_logits(model, dataset.features, nodes, device)[:, tasks].numpy()
+        labels = dataset.labels[nodes][:, tasks]
+        f1s, losses = [], []
+        for column in range(len(tasks)):
+            rows = mask[nodes, column]
+            z, y = logits[rows, column], labels[rows, column]
+            f1s.append(binary_f1(z > 0, y))
+            losses.append(float(np.mean(np.logaddexp(0, z) - y * z)))
+        result[split] = {"f1": f1s, "loss": losses, "macro_f1": float(np.mean(f1s)), "mean_loss": float(np.mean(losses))}
+    return result
+
+
+def l2_penalty(model: torch.nn.Module, tasks: torch.Tensor) -> torch.Tensor:
+    """Sum of squared weights of the shared layers and of the trained tasks' output rows only.
+
+    Penalising the other tasks' rows would shrink them although their tasks are not trained, so training a subset
+    leaves every parameter that belongs to another task exactly as it was.
+    """
+    output = model.output_layer
+    shared = [param for param in model.parameters() if param is not output.weight and param is not output.bias]
+    total = sum(param.pow(2).sum() for param in shared)
+    return total + output.weight[tasks].pow(2).sum() + output.bias[tasks].pow(2).sum()
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 200
+    lr: float = 1e-2
+    weight_decay: float = 0.0
+    batch_size: int = 4096
+    patience: int = 30
+    fixed_steps: int | None = None
+
+
+def train_model(
+    model: torch.nn.Module,
+    dataset,
+    tasks: list[int],
+    config: TrainConfig,
+    device: torch.device,
+    seed: int,
+    progress: bool = False,
+) -> dict:
+    """Train ``model`` in place on the training samples of ``tasks``; return a summary of the run.
+
+    Only the training nodes of the listed tasks are visited, and the loss masks every (node, task) entry that is not a
+    training sample of a listed task, so the logits of other tasks receive no gradient. With
+    ``config.fixed_steps`` the model takes exactly that many optimiser steps and keeps the last weights; otherwise it
+    keeps the weights of the best validation epoch (macro-F1, then loss) and stops after ``patience`` epochs without
+    improvement.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    train_mask = torch.as_tensor(dataset.masks["train"][:, tasks])
+    nodes = torch.as_tensor(np.flatnonzero(train_mask.any(dim=1).numpy()))
+    labels = torch.as_tensor(dataset.labels[:, tasks], dtype=torch.float32)
+    task_index = torch.as_tensor(tasks, device=device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    best_key, best_state, best_epoch, steps, epoch = None, None, 0, 0, 0
+    max_epochs = config.epochs if config.fixed_steps is None else 10**9
+    bar = tqdm(total=config.fixed_steps or config.epochs, desc="train", disable=not progress, leave=False)
+    for epoch in range(max_epochs):
+        model.train()
+        order = nodes[torch.randperm(len(nodes), generator=generator)]
+        for start in range(0, len(order), config.batch_size):
+            batch = order[start : start + config.batch_size]
+            logits = model(dataset.features[batch].to(device))[:, task_index]
+            loss = masked_bce(logits, labels[batch].to(device), train_mask[batch].to(device))
+            if config.weight_decay:
+                loss = loss + config.weight_decay / 2 * l2_penalty(model, task_index)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            steps += 1
+            if config.fixed_steps is not None:
+                bar.update()
+                if steps >= config.fixed_steps:
+                    break
+        if config.fixed_steps is not None:
+            if steps >= config.fixed_steps:
+                break
+            continue
+        bar.update()
+        scores = evaluate(model, dataset, tasks, device, splits=("val",))["val"]
+        key = (scores["macro_f1"], -scores["mean_loss"])
+        if best_key is None or key > best_key:
+            best_key, best_state, best_epoch = key, copy.deepcopy(model.state_dict()), epoch
+        elif epoch - best_epoch >= config.patience:
+            break
+    bar.close()
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    return {"epochs_run": epoch + 1, "steps": steps, "best_epoch": best_epoch if best_state is not None else None}
+
+
+# ---------------------------------------------------------------------------------------------------------- checkpoints
+def save_checkpoint(folder: Path, model: torch.nn.Module) -> None:
+    with atomic_path(Path(folder) / "model.pt") as tmp:
+        torch.save(model.state_dict(), tmp)
+
+
+def model_from_config(config: dict, device: torch.device) -> torch.nn.Module:
+    """Rebuild the (untrained) network a checkpoint's ``config.json`` describes."""
+    return build_model(
+        config["model"], config["in_dim"], config["num_hops"], len(config["task_names"]), **config["model_options"]
+    ).to(device)
+
+
+def load_checkpoint(folder: str | Path, device: torch.device, dataset=None) -> tuple[torch.nn.Module, dict]:
+    """Load ``saved/<dataset>/<run>/`` (model.pt + config.json); if ``dataset`` is given, refuse a checkpoint made on
+    another dataset, task list or split (fingerprint mismatch)."""
+    folder = Path(folder)
+    config = read_json(folder / "config.json")
+    if not (folder / "model.pt").is_file():
+        raise UsageError(f"{folder / 'model.pt'} is missing; rerun train_multitask.py for this run")
+    if dataset is not None:
+        check_compatible(config, folder, dataset=dataset.name, dataset_fingerprint=dataset.fingerprint)
+    model = model_from_config(config, device)
+    model.load_state_dict(torch.load(folder / "model.pt", map_location=device))
+    model.eval()
+    return model, config

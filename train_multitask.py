@@ -1,0 +1,249 @@
+"""Step 1: train multitask models (meta-initializations), or one model per task subset (true affinities, groups).
+
+Usage:
+    python train_multitask.py --dataset planted --tasks all --runs 1
+    python train_multitask.py --dataset planted --subsets-file sampled_tasks/planted_m200_a5_s0.txt
+    python train_multitask.py --dataset planted --subsets-file ... --init-from saved/planted/all_seed0 --fixed-steps 50
+
+Without ``--subsets-file`` it trains on ``--tasks`` for ``--runs`` seeds and writes ``saved/<dataset>/<run>/``
+(model.pt, config.json, metrics.json). With ``--subsets-file`` it trains one model per line (from the same
+initialisation for every subset, or fine-tuned from ``--init-from``), ``--truth-seeds`` times each, and appends one row
+per (subset, task, seed) to ``results/<name>.csv`` — the true f(S, j). Rows already there are skipped (resumable).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from data import add_data_args, dataset_options, load_dataset
+from gradtag.artifacts import (
+    UsageError,
+    check_compatible,
+    checkpoint_dir,
+    package_versions,
+    read_json,
+    read_results,
+    read_subsets,
+    run_main,
+    run_name,
+    subset_key,
+    write_json,
+    write_results,
+)
+from gradtag.cli import (
+    add_folder_args,
+    add_model_args,
+    add_run_args,
+    add_training_args,
+    model_options,
+    parse_tasks,
+    resolve_device,
+    seed_everything,
+)
+from gradtag.training import TrainConfig, evaluate, load_checkpoint, save_checkpoint, train_model
+from models import build_model
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_data_args(parser)
+    add_model_args(parser)
+    add_training_args(parser)
+    add_run_args(parser)
+    add_folder_args(parser, "saved", "results")
+    group = parser.add_argument_group("what to train")
+    group.add_argument("--tasks", default="all", help="'all' or task indices such as '0 3 5' (ignored with --subsets-file)")
+    group.add_argument("--runs", type=int, default=1, help="number of meta-initializations M: seeds seed .. seed+M-1")
+    group.add_argument("--subsets-file", default=None, help="train one model per line of this sampled_tasks/groups file")
+    group.add_argument(
+        "--init-from",
+        default=None,
+        help="with --subsets-file: fine-tune this step-1 checkpoint folder instead of training from scratch",
+    )
+    group.add_argument(
+        "--truth-seeds", type=int, default=1, help="with --subsets-file: train every subset this many times (seeds)"
+    )
+    group.add_argument(
+        "--results-name",
+        default=None,
+        help="with --subsets-file: CSV name in --results-dir (default: <dataset>_<subsets stem>_<scratch|finetune>)",
+    )
+    group.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint folder of the same run")
+    return parser
+
+
+def validate(args: argparse.Namespace) -> None:
+    if args.runs < 1 or args.truth_seeds < 1:
+        raise UsageError("--runs and --truth-seeds must be at least 1")
+    if args.init_from and not args.subsets_file:
+        raise UsageError("--init-from only applies with --subsets-file (fine-tuning θ* on each subset)")
+    if args.fixed_steps is not None and args.fixed_steps < 1:
+        raise UsageError("--fixed-steps must be at least 1")
+
+
+def base_config(args: argparse.Namespace, dataset, options: dict) -> dict:
+    """What every artifact of this script records about its inputs (see README, the on-disk contract)."""
+    return {
+        "dataset": dataset.name,
+        "dataset_fingerprint": dataset.fingerprint,
+        "dataset_options": dataset_options(args),
+        "task_names": dataset.task_names,
+        "model": args.model,
+        "model_options": options,
+        "in_dim": dataset.features.shape[2],
+        "num_hops": dataset.features.shape[1] - 1,
+        "training": vars(train_config(args, dataset)),
+        "versions": package_versions(),
+    }
+
+
+def train_meta_initializations(args, dataset, device, options: dict) -> None:
+    """Train ``--runs`` models on ``--tasks`` and save each as a checkpoint folder."""
+    tasks = parse_tasks(args.tasks, dataset.num_tasks)
+    tag = "all" if len(tasks) == dataset.num_tasks else "tasks" + "-".join(map(str, tasks))
+    for seed in range(args.seed, args.seed + args.runs):
+        folder = checkpoint_dir(args.saved_dir, dataset.name, run_name(tag, seed))
+        if (folder / "model.pt").exists() and not args.overwrite:
+            raise UsageError(f"{folder} already holds a checkpoint; pass --overwrite to replace it or change --seed")
+        seed_everything(seed)
+        model = build_model(args.model, dataset.features.shape[2], dataset.features.shape[1] - 1, dataset.num_tasks, **options)
+        model.to(device)
+        start = time.perf_counter()
+        summary = train_model(model, dataset, tasks, train_config(args, dataset), device, seed, progress=not args.no_progress)
+        seconds = time.perf_counter() - start
+        metrics = evaluate(model, dataset, tasks, device)
+        save_checkpoint(folder, model)
+        write_json(folder / "metrics.json", {"tasks": tasks, "seconds": seconds, **summary, **metrics})
+        write_json(
+            folder / "config.json", {**base_config(args, dataset, options), "tasks": tasks, "seed": seed, "args": vars(args)}
+        )
+        print_metrics(dataset, tasks, metrics)
+        print(
+            f"run {run_name(tag, seed)}: {summary['epochs_run']} epochs in {seconds:.1f}s, test macro-F1 "
+            f"{metrics['test']['macro_f1']:.4f}; wrote {folder}/{{model.pt,config.json,metrics.json}}"
+        )
+
+
+def print_metrics(dataset, tasks: list[int], metrics: dict) -> None:
+    print(f"{'task':>6} {'name':>12} {'train F1':>9} {'val F1':>7} {'test F1':>8} {'test loss':>9}")
+    for column, task in enumerate(tasks):
+        print(
+            f"{task:>6} {dataset.task_names[task]:>12} {metrics['train']['f1'][column]:9.4f} "
+            f"{metrics['val']['f1'][column]:7.4f} {metrics['test']['f1'][column]:8.4f} {metrics['test']['loss'][column]:9.4f}"
+        )
+    averages = [metrics[split]["macro_f1"] for split in ("train", "val", "test")]
+    print(f"{'average':>19} {averages[0]:9.4f} {averages[1]:7.4f} {averages[2]:8.4f}")
+
+
+def train_config(args, dataset) -> TrainConfig:
+    """Training settings from the flags; unset ones take the dataset's recommended value (fine-tuning: 50 steps)."""
+    fixed_steps = args.fixed_steps if args.fixed_steps is not None else (50 if args.init_from else None)
+    weight_decay = args.weight_decay if args.weight_decay is not None else dataset.recommended.get("weight_decay", 0.0)
+    return TrainConfig(args.epochs, args.lr, weight_decay, args.batch_size, args.patience, fixed_steps)
+
+
+def train_subsets(args, dataset, device, options: dict) -> None:
+    """Train one model per subset and truth seed; append (subset, task, seed) rows to the results CSV."""
+    subsets_path = Path(args.subsets_file)
+    subsets = read_subsets(subsets_path, dataset.num_tasks)
+    mode = "finetune" if args.init_from else "scratch"
+    name = args.results_name or f"{dataset.name}_{subsets_path.stem}_{mode}"
+    csv_path = Path(args.results_dir) / f"{name}.csv"
+    init_state, init_fingerprint = None, None
+    if args.init_from:
+        base, base_config_json = load_checkpoint(args.init_from, device, dataset)
+        init_state = {key: value.clone() for key, value in base.state_dict().items()}
+        init_fingerprint = {"init_from": str(args.init_from), "init_seed": base_config_json["seed"]}
+        options = base_config_json["model_options"]
+        if base_config_json["model"] != args.model:
+            raise UsageError(f"--init-from {args.init_from} is a {base_config_json['model']!r} model; pass --model to match")
+    identity = {
+        **base_config(args, dataset, options),
+        "subsets_file": str(subsets_path),
+        "subsets": [list(subset) for subset in subsets],
+        "mode": mode,
+        "init": init_fingerprint,
+        "seed": args.seed,
+    }
+    sidecar = csv_path.with_suffix(".json")
+    rows = []
+    if csv_path.exists():
+        previous = read_json(sidecar)
+        check_compatible(
+            previous,
+            sidecar,
+            dataset=identity["dataset"],
+            dataset_fingerprint=identity["dataset_fingerprint"],
+            model_options=identity["model_options"],
+            training=identity["training"],
+            mode=mode,
+            init=init_fingerprint,
+        )
+        rows = read_results(csv_path)
+    done = {(row["subset_id"], row["seed"]) for row in rows}
+    write_json(sidecar, {**identity, "args": vars(args)})
+    jobs = [(index, seed) for index in range(len(subsets)) for seed in range(args.seed, args.seed + args.truth_seeds)]
+    todo = [job for job in jobs if job not in done]
+    start = time.perf_counter()
+    for index, seed in tqdm(todo, desc=f"train subsets ({mode})", disable=args.no_progress):
+        subset = list(subsets[index])
+        seed_everything(seed)
+        model = build_model(args.model, dataset.features.shape[2], dataset.features.shape[1] - 1, dataset.num_tasks, **options)
+        if init_state is not None:
+            model.load_state_dict(init_state)
+        model.to(device)
+        train_model(model, dataset, subset, train_config(args, dataset), device, seed)
+        metrics = evaluate(model, dataset, subset, device, splits=("val", "test"))
+        for column, task in enumerate(subset):
+            rows.append(
+                {
+                    "subset_id": index,
+                    "subset": subset_key(subset),
+                    "task": task,
+                    "seed": seed,
+                    "val_f1": metrics["val"]["f1"][column],
+                    "val_loss": metrics["val"]["loss"][column],
+                    "test_f1": metrics["test"]["f1"][column],
+                    "test_loss": metrics["test"]["loss"][column],
+                    "source": "trained",
+                }
+            )
+        write_results(csv_path, rows)
+    seconds = time.perf_counter() - start
+    summarize_subsets(rows, subsets, dataset.num_tasks)
+    print(
+        f"trained {len(todo)} models ({len(jobs) - len(todo)} already done) in {seconds:.1f}s; "
+        f"wrote {len(rows)} rows to {csv_path} (identity in {sidecar})"
+    )
+
+
+def summarize_subsets(rows: list[dict], subsets, num_tasks: int) -> None:
+    """When the subsets partition the tasks (a groups file), print the grouped models' average test macro-F1."""
+    flat = sorted(task for subset in subsets for task in subset)
+    if flat != list(range(num_tasks)):
+        return
+    per_task = {}
+    for row in rows:
+        per_task.setdefault(row["task"], []).append(row["test_f1"])
+    average = float(np.mean([np.mean(values) for values in per_task.values()]))
+    print(f"groups cover every task once: average test macro-F1 of the {len(subsets)} group models = {average:.4f}")
+
+
+def main(args: argparse.Namespace) -> None:
+    validate(args)
+    device = resolve_device(args.device)
+    dataset = load_dataset(args.dataset, args.data_dir, **dataset_options(args))
+    options = model_options(args, dataset.recommended)
+    if args.subsets_file:
+        train_subsets(args, dataset, device, options)
+    else:
+        train_meta_initializations(args, dataset, device, options)
+
+
+if __name__ == "__main__":
+    run_main(main, get_args_parser().parse_args())
