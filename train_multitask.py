@@ -71,7 +71,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     group.add_argument(
         "--results-name",
         default=None,
-        help="with --subsets-file: CSV name in --results-dir (default: <dataset>_<subsets stem>_<scratch|finetune>)",
+        help="with --subsets-file: CSV name in --results-dir (default: <subsets stem>_<scratch|finetune>)",
     )
     group.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint folder of the same run")
     return parser
@@ -152,7 +152,7 @@ def train_subsets(args, dataset, device, options: dict) -> None:
     subsets_path = Path(args.subsets_file)
     subsets = read_subsets(subsets_path, dataset.num_tasks)
     mode = "finetune" if args.init_from else "scratch"
-    name = args.results_name or f"{dataset.name}_{subsets_path.stem}_{mode}"
+    name = args.results_name or f"{subsets_path.stem}_{mode}"
     csv_path = Path(args.results_dir) / f"{name}.csv"
     init_state, init_fingerprint = None, None
     if args.init_from:
@@ -186,7 +186,8 @@ def train_subsets(args, dataset, device, options: dict) -> None:
         )
         rows = read_results(csv_path)
     done = {(row["subset_id"], row["seed"]) for row in rows}
-    write_json(sidecar, {**identity, "args": vars(args)})
+    previous_seconds = read_json(sidecar).get("seconds", 0.0) if rows else 0.0
+    write_json(sidecar, {**identity, "args": vars(args), "seconds": previous_seconds})
     jobs = [(index, seed) for index in range(len(subsets)) for seed in range(args.seed, args.seed + args.truth_seeds)]
     todo = [job for job in jobs if job not in done]
     start = time.perf_counter()
@@ -215,6 +216,7 @@ def train_subsets(args, dataset, device, options: dict) -> None:
             )
         write_results(csv_path, rows)
     seconds = time.perf_counter() - start
+    write_json(sidecar, {**identity, "args": vars(args), "seconds": previous_seconds + seconds})
     summarize_subsets(rows, subsets, dataset.num_tasks)
     print(
         f"trained {len(todo)} models ({len(jobs) - len(todo)} already done) in {seconds:.1f}s; "

@@ -1,0 +1,151 @@
+"""Step 2: projected gradients of a step-1 checkpoint, per task and split (Alg. 1, lines 2-4).
+
+Usage:
+    python collect_gradients.py --checkpoint saved/planted/all_seed0 --project-dim 200
+    python collect_gradients.py --checkpoint saved/dblp/all_seed0 --num-shards 8 --shard-id $SLURM_ARRAY_TASK_ID
+
+For every task j and every sample of j in ``--splits`` it computes g = Pᵀ ∇θ logit_j(x; θ*), the gradient of the
+model's task-j logit at the base weights projected by a seeded JL matrix P (p × d; never stored, regenerated from
+``projection.json``), and writes ``gradients/<dataset>/<run>_d<dim>/task_<j>_<split>_{gradients,outputs,labels,nodes}.npy``.
+The dataset is rebuilt from the checkpoint's own config, so no data flag needs repeating. Tasks already written are
+skipped (resumable); ``--num-shards/--shard-id`` split the tasks across cluster jobs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import time
+from pathlib import Path
+
+import numpy as np
+
+from data import load_dataset
+from gradtag.artifacts import (
+    UsageError,
+    check_compatible,
+    gradient_file,
+    gradients_dir,
+    package_versions,
+    read_json,
+    run_main,
+    save_npy,
+    write_json,
+)
+from gradtag.cli import add_folder_args, add_run_args, parse_tasks, resolve_device
+from gradtag.gradients import collect_projected_gradients, num_trainable_params
+from gradtag.projection import KINDS, Projector
+from gradtag.training import load_checkpoint
+
+GRADIENT_SPLITS = ("train", "val", "test")
+KINDS_ON_DISK = ("gradients", "outputs", "labels", "nodes")
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", required=True, help="step-1 checkpoint folder, e.g. saved/planted/all_seed0")
+    parser.add_argument("--data-dir", default=None, help="where the dataset's files are, if not where step 1 found them")
+    parser.add_argument("--project-dim", type=int, default=200, help="d, the projected dimension (paper: about 200)")
+    parser.add_argument("--projection", default="gaussian", choices=KINDS, help="JL entries: N(0, 1/d) or ±1/sqrt(d)")
+    parser.add_argument(
+        "--splits",
+        nargs="+",
+        default=["train", "val"],
+        choices=GRADIENT_SPLITS,
+        help="splits to collect: train for the regressions; val (and test) for linearized scoring",
+    )
+    parser.add_argument("--tasks", default="all", help="'all' or task indices such as '0 3 5' (a part of the work)")
+    parser.add_argument("--num-shards", type=int, default=1, help="split the tasks into this many shards (job array)")
+    parser.add_argument("--shard-id", type=int, default=0, help="which shard this job computes: 0 .. num-shards-1")
+    parser.add_argument("--batch-size", type=int, default=256, help="nodes per vectorised gradient call (memory knob)")
+    parser.add_argument("--task-chunk", type=int, default=10, help="tasks computed together before their files are written")
+    parser.add_argument("--out", default=None, help="output folder (default: <gradients-dir>/<dataset>/<run>_d<dim>)")
+    add_run_args(parser)
+    add_folder_args(parser, "gradients")
+    return parser
+
+
+def file_digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+def validate(args) -> None:
+    if args.project_dim < 1:
+        raise UsageError("--project-dim must be a positive integer")
+    if not 0 <= args.shard_id < args.num_shards:
+        raise UsageError(f"--shard-id {args.shard_id} must lie in 0..{args.num_shards - 1} (--num-shards {args.num_shards})")
+    if args.batch_size < 1 or args.task_chunk < 1:
+        raise UsageError("--batch-size and --task-chunk must be at least 1")
+
+
+def task_done(folder: Path, task: int, splits) -> bool:
+    return all(gradient_file(folder, task, split, kind).is_file() for split in splits for kind in KINDS_ON_DISK)
+
+
+def main(args: argparse.Namespace) -> None:
+    validate(args)
+    device = resolve_device(args.device)
+    checkpoint = Path(args.checkpoint)
+    checkpoint_config = read_json(checkpoint / "config.json")
+    dataset = load_dataset(
+        checkpoint_config["dataset"],
+        args.data_dir or checkpoint_config["args"].get("data_dir"),
+        **checkpoint_config["dataset_options"],
+    )
+    model, checkpoint_config = load_checkpoint(checkpoint, device, dataset)
+    projector = Projector(num_trainable_params(model), args.project_dim, args.seed, kind=args.projection)
+    folder = Path(args.out) if args.out else gradients_dir(args.gradients_dir, dataset.name, checkpoint.name, args.project_dim)
+    identity = {
+        "dataset": dataset.name,
+        "dataset_fingerprint": dataset.fingerprint,
+        "dataset_options": checkpoint_config["dataset_options"],
+        "task_names": dataset.task_names,
+        "checkpoint": str(checkpoint),
+        "checkpoint_fingerprint": file_digest(checkpoint / "model.pt"),
+        "checkpoint_seed": checkpoint_config["seed"],
+        "projection": projector.spec(),
+        "splits": list(args.splits),
+    }
+    config_path = folder / "config.json"
+    if config_path.is_file():
+        check_compatible(read_json(config_path), folder, **identity)
+    else:
+        write_json(folder / "projection.json", projector.spec())
+        write_json(config_path, {**identity, "versions": package_versions(), "args": vars(args)})
+
+    tasks = [task for task in parse_tasks(args.tasks, dataset.num_tasks) if task % args.num_shards == args.shard_id]
+    todo = [task for task in tasks if not task_done(folder, task, args.splits)]
+    start = time.perf_counter()
+    for first in range(0, len(todo), args.task_chunk):
+        chunk = todo[first : first + args.task_chunk]
+        pieces = [(task, split, dataset.samples(task, split)) for task in chunk for split in args.splits]
+        nodes = np.concatenate([samples for _, _, samples in pieces])
+        owners = np.concatenate([np.full(len(samples), task) for task, _, samples in pieces])
+        gradients, outputs = collect_projected_gradients(
+            model,
+            dataset.features,
+            (nodes, owners),
+            projector,
+            batch_size=args.batch_size,
+            device=device,
+            progress=not args.no_progress,
+            desc=f"gradients tasks {chunk[0]}..{chunk[-1]}",
+        )
+        offset = 0
+        for task, split, samples in pieces:
+            rows = slice(offset, offset + len(samples))
+            offset += len(samples)
+            save_npy(gradient_file(folder, task, split, "gradients"), gradients[rows])
+            save_npy(gradient_file(folder, task, split, "outputs"), outputs[rows])
+            save_npy(gradient_file(folder, task, split, "labels"), dataset.labels[samples, task].astype(np.float32))
+            # nodes last: a task counts as done only once every file of it is on disk
+            save_npy(gradient_file(folder, task, split, "nodes"), samples.astype(np.int64))
+    seconds = time.perf_counter() - start
+    print(
+        f"projected gradients (p={projector.num_params} -> d={args.project_dim}) of {len(todo)} tasks "
+        f"({len(tasks) - len(todo)} already done) in {seconds:.1f}s; wrote {folder}"
+    )
+
+
+if __name__ == "__main__":
+    run_main(main, get_args_parser().parse_args())

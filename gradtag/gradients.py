@@ -1,0 +1,250 @@
+"""Per-sample output gradients at the meta-initialisation θ* and their projections (Sec. 3.1, Alg. 1 of the paper).
+
+Grad-TAG linearises the network around θ*: f(x; θ* + Δ) ≈ f(x; θ*) + ∇θ f(x; θ*)ᵀ Δ (Eq. 3), where f(x; θ) is the
+logit of the sample's task. For a node ``n`` and task ``j`` the feature used in the logistic regressions is
+g = Pᵀ ∇θ logit_j(x_n; θ*) ∈ R^d.
+
+All gradients are taken in eval mode (batch norm uses its running statistics, dropout is off) through
+``torch.func.functional_call``; per-sample gradients come from one ``vmap`` call, never a Python loop over samples.
+Parameter order everywhere is ``model.named_parameters()`` restricted to ``requires_grad`` parameters: the same order
+as :func:`flat_params`, :func:`set_flat_params` and the rows of the :class:`~gradtag.projection.Projector`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from torch.func import functional_call, grad, vjp, vmap
+from tqdm.auto import tqdm
+
+from gradtag.projection import Projector
+
+
+# ---------------------------------------------------------------------------------------------------------- parameters
+def trainable_parameters(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The ``requires_grad`` parameters of ``model`` by name, in ``named_parameters()`` order (detached views)."""
+    return {name: param.detach() for name, param in model.named_parameters() if param.requires_grad}
+
+
+def num_trainable_params(model: nn.Module) -> int:
+    """p: the number of trainable scalars, i.e. the rows of the projection matrix."""
+    return sum(param.numel() for param in model.parameters() if param.requires_grad)
+
+
+def flat_params(model: nn.Module) -> torch.Tensor:
+    """θ as one (p,) tensor (a copy) in the gradient order, on the parameters' device and dtype."""
+    return torch.cat([param.reshape(-1) for param in trainable_parameters(model).values()]).clone()
+
+
+@torch.no_grad()
+def set_flat_params(model: nn.Module, vector: torch.Tensor) -> None:
+    """Copy a (p,) vector into the trainable parameters of ``model`` in place, e.g. Ŵ = θ* + P ŵ (Eq. 5)."""
+    params = [param for param in model.parameters() if param.requires_grad]
+    total = sum(param.numel() for param in params)
+    if vector.dim() != 1 or vector.numel() != total:
+        raise ValueError(f"expected a vector of {total} entries (trainable parameters), got shape {tuple(vector.shape)}")
+    offset = 0
+    for param in params:
+        param.copy_(vector[offset : offset + param.numel()].view_as(param))
+        offset += param.numel()
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Put every submodule in eval mode for the block, then restore each one's own ``training`` flag."""
+    flags = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for module, training in flags:
+            module.training = training
+
+
+def _state(model: nn.Module, device: torch.device | str | None) -> tuple[dict, dict]:
+    """(trainable params, everything else: frozen params and buffers), detached and on ``device``."""
+    params = {name: t.to(device) if device is not None else t for name, t in trainable_parameters(model).items()}
+    constants = {name: t.detach() for name, t in model.named_parameters() if not t.requires_grad}
+    constants.update(dict(model.named_buffers()))
+    if device is not None:
+        constants = {name: t.to(device) for name, t in constants.items()}
+    return params, constants
+
+
+def _single_logits(model: nn.Module, constants: dict):
+    """f(params, x) -> (T,) logits of one sample x of shape (num_hops + 1, in_dim)."""
+
+    def logits(params: dict, x: torch.Tensor) -> torch.Tensor:
+        return functional_call(model, (params, constants), (x.unsqueeze(0),)).squeeze(0)
+
+    return logits
+
+
+# ---------------------------------------------------------------------------------------------------------- gradients
+def output_gradients(model: nn.Module, x: torch.Tensor, tasks: torch.Tensor) -> list[torch.Tensor]:
+    """∇θ logit_{tasks[b]}(x[b]; θ) for every sample b, one vmapped ``torch.func.grad`` call.
+
+    Args:
+        model: maps (B, num_hops + 1, in_dim) to (B, T) logits; evaluated in eval mode.
+        x: (B, num_hops + 1, in_dim) float hop features, on the model's device.
+        tasks: (B,) int64 task index of each sample.
+
+    Returns:
+        One tensor (B, *param.shape) per trainable parameter, in ``named_parameters()`` order. Cost: one forward and
+        one backward per sample (per (node, task) pair), batched by vmap.
+    """
+    params, constants = _state(model, x.device)
+    logits = _single_logits(model, constants)
+
+    def task_logit(params: dict, x_one: torch.Tensor, task: torch.Tensor) -> torch.Tensor:
+        return logits(params, x_one).gather(0, task.reshape(1)).squeeze(0)
+
+    with eval_mode(model):
+        per_sample = vmap(grad(task_logit), in_dims=(None, 0, 0))(params, x, tasks.to(x.device))
+    return [per_sample[name] for name in params]
+
+
+def output_gradients_multi(model: nn.Module, x: torch.Tensor, tasks: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """∇θ logit_{tasks[b, k]}(x[b]; θ) for K tasks per sample with ONE forward pass per sample.
+
+    Each sample is forwarded once with ``torch.func.vjp``; its pullback is then applied to K one-hot cotangents
+    (vmap over cotangents inside vmap over samples). A caller whose nodes have different numbers of tasks either pads
+    rows of ``tasks`` with any valid index and drops those slots, or (as :func:`collect_projected_gradients` does)
+    buckets nodes by their number of tasks so that no padding is needed.
+
+    Cost model per node with K tasks, F being one sample's forward pass: shared, F + K·(A + W); one pass per pair,
+    K·(F + A + W). A (the backward through activations, ≈ F) and W (the per-pair weight-gradient outer products,
+    p multiply-adds and p floats written) are paid per pair either way, so sharing saves (K − 1)·F, at most about a
+    third of the gradient time when W ≈ F. Memory: B·K·p floats for the returned gradients. Projecting them costs
+    B·K·p·d multiply-adds, d times W, and dominates both; see ``benchmarks/bench_gradients.py``.
+
+    Args:
+        model: maps (B, num_hops + 1, in_dim) to (B, T) logits; evaluated in eval mode.
+        x: (B, num_hops + 1, in_dim) float hop features, on the model's device.
+        tasks: (B, K) int64 task indices.
+
+    Returns:
+        ``(grads, logits)``: one tensor (B, K, *param.shape) per trainable parameter in ``named_parameters()``
+        order, and the logits (B, T) of every sample at θ.
+    """
+    params, constants = _state(model, x.device)
+    logits = _single_logits(model, constants)
+
+    def per_node(x_one: torch.Tensor, task_row: torch.Tensor) -> tuple[dict, torch.Tensor]:
+        out, pullback = vjp(lambda p: logits(p, x_one), params)
+        # K one-hot cotangents (K, T): row k selects logit task_row[k].
+        one_hot = (task_row.unsqueeze(-1) == torch.arange(out.shape[-1], device=out.device)).to(out.dtype)
+        (grads,) = vmap(pullback)(one_hot)
+        return grads, out
+
+    with eval_mode(model):
+        grads, out = vmap(per_node)(x, tasks.to(x.device))
+    return [grads[name] for name in params], out
+
+
+# ---------------------------------------------------------------------------------------------------------- collection
+def _as_index(values, name: str) -> np.ndarray:
+    array = values.detach().cpu().numpy() if isinstance(values, torch.Tensor) else np.asarray(values)
+    if array.ndim != 1 or not np.issubdtype(array.dtype, np.integer):
+        raise ValueError(f"{name} must be a 1-D integer array, got dtype {array.dtype} and shape {array.shape}")
+    return array.astype(np.int64)
+
+
+def group_pairs_by_node(nodes: np.ndarray, batch_size: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Group pair positions by node and cut the nodes into batches of at most ``batch_size`` nodes with EQUAL counts.
+
+    Nodes are bucketed by their number of pairs K, so a batch needs no padding: the vmap over K cotangents in
+    :func:`output_gradients_multi` does no wasted work and the (b, K, *shape) gradients are projected as they are.
+    The price is at most one partly filled batch per distinct K.
+
+    Args:
+        nodes: (N,) int64 node index of each pair.
+        batch_size: the most nodes per batch.
+
+    Returns:
+        ``[(node ids (b,), pair positions (b, K))]``: ``positions[i, k]`` is the index into ``nodes`` of the k-th pair
+        of node ``node_ids[i]``, pairs of a node kept in input order. Every position appears exactly once.
+    """
+    order = np.argsort(nodes, kind="stable")
+    unique, starts, counts = np.unique(nodes[order], return_index=True, return_counts=True)
+    batches = []
+    for width in np.unique(counts):
+        members = np.flatnonzero(counts == width)
+        for first in range(0, len(members), batch_size):
+            chosen = members[first : first + batch_size]
+            positions = order[starts[chosen, None] + np.arange(width)[None, :]]
+            batches.append((unique[chosen], positions))
+    return batches
+
+
+def collect_projected_gradients(
+    model: nn.Module,
+    features: torch.Tensor | np.ndarray,
+    pairs: tuple[Sequence[int], Sequence[int]],
+    projector: Projector,
+    batch_size: int = 64,
+    device: torch.device | str = "cpu",
+    progress: bool = True,
+    shared_forward: bool = True,
+    desc: str = "gradients",
+) -> tuple[np.ndarray, np.ndarray]:
+    """Projected output gradients g = Pᵀ ∇θ logit_j(x_n; θ*) for a list of (node n, task j) pairs (Alg. 1, lines 2-4).
+
+    Args:
+        model: the network at θ* (left unchanged: it is evaluated in eval mode through ``functional_call``).
+        features: (num_nodes, num_hops + 1, in_dim) float hop features of all nodes (cast to the parameters' dtype).
+        pairs: ``(node_index (N,), task_index (N,))`` integer arrays; a node may appear with several tasks.
+        projector: a :class:`Projector` with ``num_params == num_trainable_params(model)``.
+        batch_size: nodes per vmap call; each brings all of its K pairs, so a call holds b·K·p gradient entries.
+        device: where gradients and projections are computed.
+        progress: show a tqdm bar (``desc``) counting pairs.
+        shared_forward: forward each node once for all its tasks (:func:`output_gradients_multi`); ``False`` runs
+            one forward per pair (:func:`output_gradients`), which gives the same numbers.
+
+    Returns:
+        ``(gradients, logits)``: (N, d) float32 projected gradients and (N,) float32 logits logit_j(x_n; θ*), both
+        NumPy arrays with row i belonging to pair i of the input.
+    """
+    node_index, task_index = _as_index(pairs[0], "node_index"), _as_index(pairs[1], "task_index")
+    if node_index.shape != task_index.shape:
+        raise ValueError(f"node_index {node_index.shape} and task_index {task_index.shape} differ in shape")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    num_params = num_trainable_params(model)
+    if projector.num_params != num_params:
+        raise ValueError(f"projector has num_params={projector.num_params} but the model has {num_params} trainable")
+    features = torch.as_tensor(features)
+    count = len(node_index)
+    gradients = np.zeros((count, projector.project_dim), dtype=np.float32)
+    logits = np.zeros(count, dtype=np.float32)
+    if count == 0:
+        return gradients, logits
+    if node_index.min() < 0 or node_index.max() >= len(features):
+        raise ValueError(f"node_index must lie in [0, {len(features)})")
+
+    dtype = next(iter(trainable_parameters(model).values())).dtype
+    bar = tqdm(total=count, desc=desc, unit="pair", disable=not progress)
+    for nodes, positions in group_pairs_by_node(node_index, batch_size):
+        x = features[torch.as_tensor(nodes)].to(device=device, dtype=dtype)
+        tasks = torch.as_tensor(task_index[positions], device=x.device)
+        if shared_forward:
+            grads, out = output_gradients_multi(model, x, tasks)
+            flat = [g.flatten(0, 1) for g in grads]  # (b, K, *shape) -> (b * K, *shape), a view
+            batch_logits = out.gather(1, tasks).reshape(-1)
+        else:
+            x_pairs = x.repeat_interleave(tasks.shape[1], dim=0)
+            flat = output_gradients(model, x_pairs, tasks.reshape(-1))
+            with torch.no_grad(), eval_mode(model):
+                params, constants = _state(model, x.device)
+                out = functional_call(model, (params, constants), (x_pairs,))
+            batch_logits = out.gather(1, tasks.reshape(-1, 1)).reshape(-1)
+        target = positions.reshape(-1)
+        gradients[target] = projector.project(flat).float().cpu().numpy()
+        logits[target] = batch_logits.detach().float().cpu().numpy()
+        bar.update(len(target))
+    bar.close()
+    return gradients, logits
