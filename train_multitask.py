@@ -73,6 +73,11 @@ def get_args_parser() -> argparse.ArgumentParser:
         default=None,
         help="with --subsets-file: CSV name in --results-dir (default: <subsets stem>_<scratch|finetune>)",
     )
+    group.add_argument(
+        "--baselines",
+        action="store_true",
+        help="with a groups file: also train single-task models (STL) and one all-task model (naive MTL), and compare",
+    )
     group.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint folder of the same run")
     return parser
 
@@ -147,51 +152,53 @@ def train_config(args, dataset) -> TrainConfig:
     return TrainConfig(args.epochs, args.lr, weight_decay, args.batch_size, args.patience, fixed_steps)
 
 
-def train_subsets(args, dataset, device, options: dict) -> None:
-    """Train one model per subset and truth seed; append (subset, task, seed) rows to the results CSV."""
-    subsets_path = Path(args.subsets_file)
-    subsets = read_subsets(subsets_path, dataset.num_tasks)
-    mode = "finetune" if args.init_from else "scratch"
-    name = args.results_name or f"{subsets_path.stem}_{mode}"
-    csv_path = Path(args.results_dir) / f"{name}.csv"
-    init_state, init_fingerprint = None, None
-    if args.init_from:
-        base, base_config_json = load_checkpoint(args.init_from, device, dataset)
-        init_state = {key: value.clone() for key, value in base.state_dict().items()}
-        init_fingerprint = {"init_from": str(args.init_from), "init_seed": base_config_json["seed"]}
-        options = base_config_json["model_options"]
-        if base_config_json["model"] != args.model:
-            raise UsageError(f"--init-from {args.init_from} is a {base_config_json['model']!r} model; pass --model to match")
+def fine_tuning_start(args, dataset, device, options: dict) -> tuple[dict | None, dict | None, dict]:
+    """With ``--init-from``: the base weights, their identity and the base's model options; else (None, None, options)."""
+    if not args.init_from:
+        return None, None, options
+    base, base_config_json = load_checkpoint(args.init_from, device, dataset)
+    if base_config_json["model"] != args.model:
+        raise UsageError(f"--init-from {args.init_from} is a {base_config_json['model']!r} model; pass --model to match")
+    state = {key: value.clone() for key, value in base.state_dict().items()}
+    return state, {"init_from": str(args.init_from), "init_seed": base_config_json["seed"]}, base_config_json["model_options"]
+
+
+def train_subset_models(args, dataset, device, options: dict, subsets, csv_path: Path, source: str, init) -> tuple[list, float]:
+    """Train one model per subset and seed (``--truth-seeds``); keep every (subset, task, seed) row in ``csv_path``.
+
+    Every subset starts from the same weights: the seed's fresh initialisation, or ``init`` (state, identity) when
+    fine-tuning. Rows already in the CSV are skipped, after checking the CSV was made by the same settings.
+    Returns all rows and the seconds this call spent training.
+    """
+    init_state, init_identity = init
+    mode = "finetune" if init_state is not None else "scratch"
     identity = {
         **base_config(args, dataset, options),
-        "subsets_file": str(subsets_path),
+        "subsets_file": source,
         "subsets": [list(subset) for subset in subsets],
         "mode": mode,
-        "init": init_fingerprint,
+        "init": init_identity,
         "seed": args.seed,
     }
     sidecar = csv_path.with_suffix(".json")
-    rows = []
+    rows, previous_seconds = [], 0.0
     if csv_path.exists():
         previous = read_json(sidecar)
         check_compatible(
             previous,
             sidecar,
-            dataset=identity["dataset"],
-            dataset_fingerprint=identity["dataset_fingerprint"],
-            model_options=identity["model_options"],
-            training=identity["training"],
-            mode=mode,
-            init=init_fingerprint,
+            **{
+                key: identity[key]
+                for key in ("dataset", "dataset_fingerprint", "model_options", "training", "subsets", "mode", "init")
+            },
         )
-        rows = read_results(csv_path)
+        rows, previous_seconds = read_results(csv_path), previous.get("seconds", 0.0)
     done = {(row["subset_id"], row["seed"]) for row in rows}
-    previous_seconds = read_json(sidecar).get("seconds", 0.0) if rows else 0.0
-    write_json(sidecar, {**identity, "args": vars(args), "seconds": previous_seconds})
     jobs = [(index, seed) for index in range(len(subsets)) for seed in range(args.seed, args.seed + args.truth_seeds)]
     todo = [job for job in jobs if job not in done]
+    write_json(sidecar, {**identity, "args": vars(args), "seconds": previous_seconds})
     start = time.perf_counter()
-    for index, seed in tqdm(todo, desc=f"train subsets ({mode})", disable=args.no_progress):
+    for index, seed in tqdm(todo, desc=f"train {csv_path.stem} ({mode})", disable=args.no_progress):
         subset = list(subsets[index])
         seed_everything(seed)
         model = build_model(args.model, dataset.features.shape[2], dataset.features.shape[1] - 1, dataset.num_tasks, **options)
@@ -201,39 +208,54 @@ def train_subsets(args, dataset, device, options: dict) -> None:
         train_model(model, dataset, subset, train_config(args, dataset), device, seed)
         metrics = evaluate(model, dataset, subset, device, splits=("val", "test"))
         for column, task in enumerate(subset):
+            scores = {f"{split}_{kind}": metrics[split][kind][column] for split in ("val", "test") for kind in ("f1", "loss")}
             rows.append(
-                {
-                    "subset_id": index,
-                    "subset": subset_key(subset),
-                    "task": task,
-                    "seed": seed,
-                    "val_f1": metrics["val"]["f1"][column],
-                    "val_loss": metrics["val"]["loss"][column],
-                    "test_f1": metrics["test"]["f1"][column],
-                    "test_loss": metrics["test"]["loss"][column],
-                    "source": "trained",
-                }
+                {"subset_id": index, "subset": subset_key(subset), "task": task, "seed": seed, **scores, "source": "trained"}
             )
         write_results(csv_path, rows)
     seconds = time.perf_counter() - start
     write_json(sidecar, {**identity, "args": vars(args), "seconds": previous_seconds + seconds})
-    summarize_subsets(rows, subsets, dataset.num_tasks)
     print(
-        f"trained {len(todo)} models ({len(jobs) - len(todo)} already done) in {seconds:.1f}s; "
-        f"wrote {len(rows)} rows to {csv_path} (identity in {sidecar})"
+        f"{csv_path.stem}: trained {len(todo)} models ({len(jobs) - len(todo)} already done) in {seconds:.1f}s; wrote {csv_path}"
     )
+    return rows, previous_seconds + seconds
 
 
-def summarize_subsets(rows: list[dict], subsets, num_tasks: int) -> None:
-    """When the subsets partition the tasks (a groups file), print the grouped models' average test macro-F1."""
-    flat = sorted(task for subset in subsets for task in subset)
-    if flat != list(range(num_tasks)):
-        return
+def train_subsets(args, dataset, device, options: dict) -> None:
+    """Train one model per line of ``--subsets-file``; with ``--baselines`` also STL and naive MTL, and compare."""
+    subsets_path = Path(args.subsets_file)
+    subsets = read_subsets(subsets_path, dataset.num_tasks)
+    init = fine_tuning_start(args, dataset, device, options)
+    options = init[2]
+    mode = "finetune" if args.init_from else "scratch"
+    name = args.results_name or f"{subsets_path.stem}_{mode}"
+    results_dir = Path(args.results_dir)
+    runs = {"grouped": (subsets, str(subsets_path), results_dir / f"{name}.csv")}
+    if args.baselines:
+        runs["STL"] = ([(task,) for task in range(dataset.num_tasks)], "single-task", results_dir / f"{name}_stl.csv")
+        runs["MTL"] = ([tuple(range(dataset.num_tasks))], "all tasks", results_dir / f"{name}_mtl.csv")
+    summary = {}
+    for label, (run_subsets, source, csv_path) in runs.items():
+        rows, seconds = train_subset_models(args, dataset, device, options, run_subsets, csv_path, source, init[:2])
+        summary[label] = (len(run_subsets), partition_f1(rows, run_subsets, dataset.num_tasks), seconds)
+    if any(f1 is not None for _, f1, _ in summary.values()):
+        print(f"{'method':>8} {'models':>6} {'avg test F1':>11} {'train s':>8}")
+        for label, (count, f1, seconds) in summary.items():
+            print(f"{label:>8} {count:>6} {'–' if f1 is None else f'{f1:.4f}':>11} {seconds:8.1f}")
+        write_json(
+            results_dir / f"{name}_summary.json",
+            {label: {"models": count, "avg_test_f1": f1, "seconds": seconds} for label, (count, f1, seconds) in summary.items()},
+        )
+
+
+def partition_f1(rows: list[dict], subsets, num_tasks: int) -> float | None:
+    """Average test macro-F1 over all tasks when the subsets partition the tasks (a groups file), else None."""
+    if sorted(task for subset in subsets for task in subset) != list(range(num_tasks)):
+        return None
     per_task = {}
     for row in rows:
         per_task.setdefault(row["task"], []).append(row["test_f1"])
-    average = float(np.mean([np.mean(values) for values in per_task.values()]))
-    print(f"groups cover every task once: average test macro-F1 of the {len(subsets)} group models = {average:.4f}")
+    return float(np.mean([np.mean(values) for values in per_task.values()]))
 
 
 def main(args: argparse.Namespace) -> None:

@@ -1,0 +1,154 @@
+"""Compare estimated with true task affinities (and vet a truth on its own), with metrics that do not flatter.
+
+Usage:
+    python compare_affinities.py --estimated results/planted_m200_a5_s0_estimate.csv \
+        --trained results/planted_m200_a5_s0_finetune.csv results/planted_m200_a5_s0_scratch.csv \
+        --planted datasets/planted/planted_groups.txt
+    python compare_affinities.py --trained results/planted_m200_a5_s0_scratch.csv --planted ...   # vet check only
+
+For each truth (a ``train_multitask.py --subsets-file`` CSV: fine-tuned θ* or from scratch) and each score (validation
+loss, validation F1) it reports: per-task Spearman over the subsets holding the task, averaged over tasks; per-task
+Spearman over the rows of T (paper App. C.2.2); pooled Spearman over all (S, j), labelled pooled; relative distance
+‖T − T*‖²_F / ‖T*‖²_F on raw and on row-centred T; the truth's own seed-to-seed Spearman (the ceiling of any
+estimate) when it has ≥ 2 seeds; the group effect of the truth (change of task j's score per same-group partner in S,
+per-task fixed effects); the ARI of the SDP-clustered estimated and true T against the planted groups and each
+other; and the wall time of each side. Writes the report as JSON (``--out``) and prints a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+from data import read_planted_groups
+from gradtag.artifacts import UsageError, check_compatible, read_json, read_results, run_main, write_json
+from gradtag.clustering import cluster, prepare_affinity
+from gradtag.evaluation import adjusted_rand, comparison_report, group_effect, seed_ceiling
+from gradtag.scores import SCORES, affinity_matrix, is_pairwise, records_by_seed, score_records
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--estimated", default=None, help="estimate CSV from fit_linear_estimates.py (omit to vet a truth)")
+    parser.add_argument("--trained", nargs="+", required=True, help="truth CSVs from train_multitask.py --subsets-file")
+    parser.add_argument("--planted", default=None, help="known grouping (groups file) to score clusterings against")
+    parser.add_argument("--k", type=int, default=None, help="number of groups to cluster into (default: planted count)")
+    parser.add_argument("--scores", nargs="+", default=["loss", "f1"], choices=sorted(SCORES), help="scores to compare")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the clustering")
+    parser.add_argument("--out", default=None, help="report JSON (default: beside the first truth, *_report.json)")
+    return parser
+
+
+def load_side(path: str) -> tuple[list[dict], dict]:
+    """Rows of a results CSV and its identity sidecar (same name, .json)."""
+    rows = read_results(path)
+    meta = read_json(Path(path).with_suffix(".json"))
+    return rows, meta
+
+
+def clustered(records, num_tasks: int, pairwise: bool, k: int, seed: int) -> list[list[int]]:
+    affinity, _ = affinity_matrix(records, num_tasks, pairwise)
+    if not np.isfinite(affinity).all():
+        raise UsageError("the affinity matrix has pairs no subset covers; sample more subsets before clustering")
+    return cluster(prepare_affinity(affinity), k, "sdp", seed).groups
+
+
+def truth_report(rows, meta, score: str, num_tasks: int, planted, k, seed) -> dict:
+    records = score_records(rows, score)
+    subsets = [tuple(subset) for subset in meta["subsets"]]
+    report = {"seeds": sorted({row["seed"] for row in rows}), "seconds": meta.get("seconds")}
+    per_seed = records_by_seed(rows, score)
+    if len(per_seed) >= 2:
+        report["seed_ceiling_spearman_per_task"] = seed_ceiling(list(per_seed.values())).mean
+    if planted is not None:
+        effect = group_effect(records, planted, num_tasks)
+        report.update(group_effect_slope=effect.slope, group_effect_t=effect.t_stat)
+    if k is not None:
+        report["groups"] = clustered(records, num_tasks, is_pairwise(subsets), k, seed)
+        if planted is not None:
+            report["ari_vs_planted"] = adjusted_rand(report["groups"], planted, num_tasks)
+    return report
+
+
+def main(args: argparse.Namespace) -> None:
+    truths = [load_side(path) for path in args.trained]
+    estimate = load_side(args.estimated) if args.estimated else None
+    first_meta = truths[0][1]
+    num_tasks = len(first_meta["task_names"])
+    for (_, meta), path in zip(truths[1:] + ([estimate] if estimate else []), args.trained[1:] + [args.estimated], strict=False):
+        check_compatible(meta, path, dataset=first_meta["dataset"], dataset_fingerprint=first_meta["dataset_fingerprint"])
+    planted = read_planted_groups(args.planted, num_tasks) if args.planted else None
+    k = args.k or (len(planted) if planted else None)
+    if k is not None and not 1 <= k <= num_tasks:
+        raise UsageError(f"--k {k} must lie in 1..{num_tasks}")
+
+    report = {"estimated": args.estimated, "trained": args.trained, "k": k, "by_score": {}}
+    lines = []
+    for score in args.scores:
+        by_truth = {}
+        est_records = score_records(estimate[0], score) if estimate else None
+        est_groups = None
+        if estimate and k is not None:
+            est_groups = clustered(est_records, num_tasks, is_pairwise(estimate[1]["subsets"]), k, args.seed)
+        for path, (rows, meta) in zip(args.trained, truths, strict=True):
+            entry = truth_report(rows, meta, score, num_tasks, planted, k, args.seed)
+            if estimate:
+                entry.update(comparison_report(est_records, score_records(rows, score), num_tasks))
+                if est_groups is not None:
+                    entry["ari_estimate_vs_truth"] = adjusted_rand(est_groups, entry["groups"], num_tasks)
+            by_truth[path] = entry
+            lines.append(table_row(score, meta.get("mode", Path(path).stem), entry))
+        report["by_score"][score] = {"truths": by_truth}
+        if est_groups is not None:
+            report["by_score"][score]["estimate_groups"] = est_groups
+            if planted is not None:
+                report["by_score"][score]["estimate_ari_vs_planted"] = adjusted_rand(est_groups, planted, num_tasks)
+    if estimate:
+        report["estimate_seconds"] = estimate[1].get("seconds")
+    out = Path(args.out) if args.out else Path(args.trained[0]).with_name(Path(args.trained[0]).stem + "_report.json")
+    write_json(out, report)
+    print_table(report, lines)
+    print(f"wrote {out}")
+
+
+COLUMNS = [
+    ("ρ task/subsets", "spearman_per_task_subsets"),
+    ("ρ task/rows", "spearman_per_task_rows"),
+    ("ρ pooled", "spearman_pooled"),
+    ("dist raw", "relative_distance_raw"),
+    ("dist centred", "relative_distance_row_centered"),
+    ("ceiling ρ", "seed_ceiling_spearman_per_task"),
+    ("effect (t)", None),
+    ("ARI true/planted", "ari_vs_planted"),
+    ("ARI est/true", "ari_estimate_vs_truth"),
+    ("truth s", "seconds"),
+]
+
+
+def table_row(score: str, truth: str, entry: dict) -> str:
+    cells = []
+    for _, key in COLUMNS:
+        if key is None:
+            slope, t_stat = entry.get("group_effect_slope"), entry.get("group_effect_t")
+            cells.append("–" if slope is None else f"{slope:+.4f} ({t_stat:.1f})")
+        else:
+            value = entry.get(key)
+            cells.append("–" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value))
+    return f"| {score} | {truth} | " + " | ".join(cells) + " |"
+
+
+def print_table(report: dict, lines: list[str]) -> None:
+    print("| score | truth | " + " | ".join(name for name, _ in COLUMNS) + " |")
+    print("|---|---|" + "---|" * len(COLUMNS))
+    print("\n".join(lines))
+    for score, entry in report["by_score"].items():
+        if "estimate_ari_vs_planted" in entry:
+            print(f"ARI of the clustered estimate ({score}) vs planted: {entry['estimate_ari_vs_planted']:.3f}")
+    if report.get("estimate_seconds") is not None:
+        print(f"estimate wall time: {report['estimate_seconds']:.2f}s (step 3 only)")
+
+
+if __name__ == "__main__":
+    run_main(main, get_args_parser().parse_args())

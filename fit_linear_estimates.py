@@ -1,0 +1,213 @@
+"""Step 3: estimate f(S, j) for every sampled subset S by logistic regression on projected gradients (Eq. 3-5).
+
+Usage:
+    python fit_linear_estimates.py --gradients gradients/planted/all_seed0_d200 \
+        --subsets-file sampled_tasks/planted_m200_a5_s0.txt
+    python fit_linear_estimates.py --gradients gradients/planted/all_seed{0,1,2}_d200 --subsets-file ... --eval reconstructed
+
+For each subset S it fits ŵ_S on the training rows of the tasks in S with the base model's logit as a fixed offset and
+an L2 penalty, all subsets batched. Each task j in S is then scored on its validation (and test) samples, either
+``linearized`` (logits = base logit + projected gradient · ŵ_S; no network pass) or ``reconstructed`` (the network
+with weights Ŵ_S = θ* + P ŵ_S; the paper's way). Scores are averaged over the M meta-initializations given. Writes
+``results/<name>_estimate.csv`` (one row per subset and task) and the affinity matrix ``results/<name>_estimate_
+{pairwise,higher_order}.npy`` (pairwise when every subset is a pair, Eq. (1) otherwise) with its counts and JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from data import load_dataset
+from gradtag.artifacts import (
+    UsageError,
+    check_compatible,
+    gradient_file,
+    package_versions,
+    read_json,
+    read_subsets,
+    run_main,
+    subset_key,
+    write_json,
+    write_results,
+)
+from gradtag.cli import add_folder_args, add_run_args, resolve_device
+from gradtag.gradients import flat_params, set_flat_params
+from gradtag.projection import Projector
+from gradtag.regression import SOLVERS, fit_subsets, linearized_logits, mean_bce, prepare_tasks
+from gradtag.scores import SCORES, is_pairwise, save_affinity, score_records
+from gradtag.training import binary_f1, evaluate, load_checkpoint
+
+EVAL_MODES = ("linearized", "reconstructed")
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--gradients", nargs="+", required=True, help="step-2 folders, one per meta-initialization (M of them)")
+    parser.add_argument("--subsets-file", required=True, help="sampled_tasks file: one subset of task indices per line")
+    parser.add_argument("--l2", type=float, default=0.1, help="L2 strength λ of the regression (mean-normalised losses)")
+    parser.add_argument(
+        "--solver", default="newton-cg", choices=SOLVERS, help="exact Newton (-cg: matrix-free) or one Newton step from w=0"
+    )
+    parser.add_argument("--eval", default="linearized", choices=EVAL_MODES, help="how each task of a subset is scored")
+    parser.add_argument("--score", default="loss", choices=sorted(SCORES), help="affinity entry: -val loss or val F1")
+    parser.add_argument("--batch-size", type=int, default=64, help="subsets fitted together (memory knob)")
+    parser.add_argument("--data-dir", default=None, help="dataset files, if not where step 1 found them (reconstructed)")
+    parser.add_argument("--name", default=None, help="result name (default: the subsets file stem)")
+    add_run_args(parser)
+    add_folder_args(parser, "results")
+    return parser
+
+
+def load_gradient_folder(folder: Path, splits, tasks) -> dict:
+    """Per split, lists (indexed by task) of projected gradients, base logits and labels; None for absent tasks."""
+    data = {}
+    for split in splits:
+        arrays = {"gradients": [], "outputs": [], "labels": []}
+        for task in range(tasks):
+            for kind in arrays:
+                path = gradient_file(folder, task, split, kind)
+                arrays[kind].append(np.load(path) if path.is_file() else None)
+        data[split] = arrays
+    return data
+
+
+def check_folders(folders: list[Path]) -> list[dict]:
+    """Read each step-2 config and refuse folders that disagree on dataset, task list or projection dimension."""
+    configs = [read_json(folder / "config.json") for folder in folders]
+    first = configs[0]
+    for folder, config in zip(folders[1:], configs[1:], strict=True):
+        check_compatible(
+            config,
+            folder,
+            dataset=first["dataset"],
+            dataset_fingerprint=first["dataset_fingerprint"],
+            task_names=first["task_names"],
+        )
+        if config["projection"]["project_dim"] != first["projection"]["project_dim"]:
+            raise UsageError(
+                f"{folder} has project_dim {config['projection']['project_dim']} but {folders[0]} has "
+                f"{first['projection']['project_dim']}; average only bases projected to the same d"
+            )
+    return configs
+
+
+def linearized_scores(data: dict, subsets, weights: np.ndarray) -> dict:
+    """{(subset index, task): {"val_loss", "val_f1", "test_loss", "test_f1"}} from logits o + G ŵ_S (Eq. 4)."""
+    scores = {}
+    for split in ("val", "test"):
+        arrays = data.get(split)
+        holders = {}
+        for index, subset in enumerate(subsets):
+            for task in subset:
+                holders.setdefault(task, []).append(index)
+        for task, indices in holders.items():
+            if arrays is None or arrays["gradients"][task] is None:
+                for index in indices:
+                    scores.setdefault((index, task), {}).update({f"{split}_loss": np.nan, f"{split}_f1": np.nan})
+                continue
+            logits = linearized_logits(arrays["gradients"][task], arrays["outputs"][task], weights[indices])
+            losses = mean_bce(logits, arrays["labels"][task]).cpu().numpy()
+            labels = arrays["labels"][task] > 0.5
+            for row, index in enumerate(indices):
+                f1 = binary_f1(logits[row].cpu().numpy() > 0, labels)
+                scores.setdefault((index, task), {}).update({f"{split}_loss": float(losses[row]), f"{split}_f1": f1})
+    return scores
+
+
+def reconstructed_scores(config: dict, subsets, weights: np.ndarray, device, data_dir, progress: bool) -> dict:
+    """Scores of the network with weights Ŵ_S = θ* + P ŵ_S (Eq. 5) on each task's validation and test samples."""
+    checkpoint = Path(config["checkpoint"])
+    checkpoint_config = read_json(checkpoint / "config.json")
+    dataset = load_dataset(config["dataset"], data_dir or checkpoint_config["args"].get("data_dir"), **config["dataset_options"])
+    model, _ = load_checkpoint(checkpoint, device, dataset)
+    projector = Projector.from_spec(config["projection"])
+    base = flat_params(model).detach().clone()
+    scores = {}
+    for index, subset in enumerate(tqdm(subsets, desc="reconstructed eval", disable=not progress)):
+        delta = projector.expand(torch.as_tensor(weights[index], dtype=torch.float32, device=device))
+        set_flat_params(model, base + delta.to(base))
+        metrics = evaluate(model, dataset, list(subset), device, splits=("val", "test"))
+        for column, task in enumerate(subset):
+            scores[index, task] = {f"{s}_{m}": metrics[s][m][column] for s in ("val", "test") for m in ("loss", "f1")}
+    set_flat_params(model, base)
+    return scores
+
+
+def main(args: argparse.Namespace) -> None:
+    if args.l2 < 0 or args.batch_size < 1:
+        raise UsageError("--l2 must be >= 0 and --batch-size >= 1")
+    device = resolve_device(args.device)
+    folders = [Path(folder) for folder in args.gradients]
+    configs = check_folders(folders)
+    num_tasks = len(configs[0]["task_names"])
+    subsets = read_subsets(args.subsets_file, num_tasks)
+    needed = sorted({task for subset in subsets for task in subset})
+    start = time.perf_counter()
+    per_base = []
+    for folder, config in zip(folders, configs, strict=True):
+        data = load_gradient_folder(folder, ("train", "val", "test"), num_tasks)
+        missing = [task for task in needed if data["train"]["gradients"][task] is None]
+        if missing:
+            raise UsageError(f"{folder} lacks training gradients of tasks {missing[:10]}; run collect_gradients.py for them")
+        train = data["train"]
+        stand_in = train["gradients"][needed[0]]  # tasks outside every subset are never read; keep shapes valid
+        task_data = prepare_tasks(
+            [g if g is not None else stand_in for g in train["gradients"]],
+            [o if o is not None else np.zeros(len(stand_in)) for o in train["outputs"]],
+            [y if y is not None else np.zeros(len(stand_in)) for y in train["labels"]],
+            device=device,
+        )
+        fit = fit_subsets(task_data, subsets, args.l2, solver=args.solver, batch_size=args.batch_size)
+        if not bool(fit.converged.all()):
+            print(f"warning: {int((~fit.converged).sum())} of {len(subsets)} regressions did not converge in {folder}")
+        weights = fit.weights.cpu().numpy()
+        if args.eval == "linearized":
+            per_base.append(linearized_scores(data, subsets, weights))
+        else:
+            per_base.append(reconstructed_scores(config, subsets, weights, device, args.data_dir, not args.no_progress))
+    seconds = time.perf_counter() - start
+
+    rows = []
+    for index, subset in enumerate(subsets):
+        for task in subset:
+            values = {key: float(np.mean([base[index, task][key] for base in per_base])) for key in per_base[0][index, task]}
+            rows.append(
+                {"subset_id": index, "subset": subset_key(subset), "task": task, "seed": -1, **values, "source": "estimate"}
+            )
+    dataset = configs[0]["dataset"]
+    name = args.name or Path(args.subsets_file).stem
+    results_dir = Path(args.results_dir)
+    csv_path = results_dir / f"{name}_estimate.csv"
+    meta = {
+        "dataset": dataset,
+        "dataset_fingerprint": configs[0]["dataset_fingerprint"],
+        "task_names": configs[0]["task_names"],
+        "subsets_file": str(args.subsets_file),
+        "subsets": [list(subset) for subset in subsets],
+        "gradients": [str(folder) for folder in folders],
+        "l2": args.l2,
+        "solver": args.solver,
+        "eval": args.eval,
+        "score": args.score,
+        "seconds": seconds,
+        "versions": package_versions(),
+    }
+    write_results(csv_path, rows)
+    write_json(csv_path.with_suffix(".json"), meta)
+    matrix = save_affinity(
+        results_dir / f"{name}_estimate", score_records(rows, args.score), num_tasks, is_pairwise(subsets), meta
+    )
+    print(
+        f"estimated {len(subsets)} subsets x {len(folders)} base model(s) ({args.eval}, λ={args.l2}) in {seconds:.2f}s; "
+        f"wrote {csv_path} and {matrix}"
+    )
+
+
+if __name__ == "__main__":
+    run_main(main, get_args_parser().parse_args())

@@ -1,0 +1,216 @@
+"""How well an estimated score table matches a true one — metrics that do not flatter (FIDELITY §2–3).
+
+Scores follow :mod:`gradtag.affinity`: one f(S, j) per (subset, task), higher is better, tables as mappings or
+``(subset, task, score)`` records keyed by sorted subset. Task difficulty dominates pooled statistics (pooled
+Spearman ≥ 0.8 and raw relative distance ≈ 0.01 even for poor estimates), so the headline numbers are *per task*:
+
+- :func:`per_task_spearman_subsets` — for each task, Spearman over the subsets holding it, averaged over tasks;
+- :func:`per_task_spearman_rows` — Spearman per row of the affinity matrix T (paper App. C.2.2), averaged;
+- :func:`relative_distance` on row-centred T (:func:`gradtag.affinity.row_center`) beside the raw one;
+- :func:`pooled_spearman` only beside them, labelled pooled;
+- :func:`seed_ceiling` — the truth's own seed-to-seed per-task Spearman, the ceiling for any estimate;
+- :func:`group_effect` — score change per same-group partner with per-task fixed effects (vets a planted truth).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable, Mapping, Sequence
+from typing import NamedTuple
+
+import numpy as np
+from scipy.stats import spearmanr
+from sklearn.metrics import adjusted_rand_score
+
+from gradtag.affinity import groups_to_labels, higher_order_affinity, row_center, score_table
+from gradtag.artifacts import UsageError
+
+
+class PerTaskSpearman(NamedTuple):
+    """mean: Spearman averaged over the tasks used (NaN if none); per_task: {task: ρ} for those tasks;
+    n_used / n_skipped: tasks with / without enough non-constant values."""
+
+    mean: float
+    per_task: dict[int, float]
+    n_used: int
+    n_skipped: int
+
+
+class SeedCeiling(NamedTuple):
+    """mean: per-task Spearman averaged over all pairs of seeds; per_pair: {(a, b): mean per-task ρ}."""
+
+    mean: float
+    per_pair: dict[tuple[int, int], float]
+
+
+class GroupEffect(NamedTuple):
+    """slope: change of a task's score per same-group partner in S (within-task, OLS); std_error and t_stat of the
+    slope; n_records / n_tasks: (subset, task) scores and tasks used."""
+
+    slope: float
+    std_error: float
+    t_stat: float
+    n_records: int
+    n_tasks: int
+
+
+def _aligned(est, true) -> tuple[list, np.ndarray, np.ndarray]:
+    """Keys common to both tables (sorted) and the two score vectors on them; UsageError if none are shared."""
+    est, true = score_table(est), score_table(true)
+    keys = sorted(est.keys() & true.keys())
+    if not keys:
+        raise UsageError("the estimated and true score tables share no (subset, task); check they use the same subsets")
+    return keys, np.array([est[k] for k in keys]), np.array([true[k] for k in keys])
+
+
+def _spearman_or_none(a: np.ndarray, b: np.ndarray, min_values: int) -> float | None:
+    if len(a) < min_values or np.ptp(a) == 0 or np.ptp(b) == 0:
+        return None
+    return float(spearmanr(a, b).statistic)
+
+
+def _summarise(rhos: dict[int, float | None]) -> PerTaskSpearman:
+    used = {task: rho for task, rho in rhos.items() if rho is not None}
+    mean = float(np.mean(list(used.values()))) if used else float("nan")
+    return PerTaskSpearman(mean, used, len(used), len(rhos) - len(used))
+
+
+def per_task_spearman_subsets(est: Mapping | Iterable, true: Mapping | Iterable, min_subsets: int = 3) -> PerTaskSpearman:
+    """For each task j, Spearman between f_est(S, j) and f_true(S, j) over the subsets S holding j; mean over tasks.
+
+    Only (subset, task) keys present in both tables count. A task with fewer than ``min_subsets`` subsets, or
+    constant values in either table, is skipped (counted in ``n_skipped``).
+    """
+    keys, a, b = _aligned(est, true)
+    tasks = np.array([task for _, task in keys])
+    return _summarise({int(j): _spearman_or_none(a[tasks == j], b[tasks == j], min_subsets) for j in np.unique(tasks)})
+
+
+def per_task_spearman_rows(T_est: np.ndarray, T_true: np.ndarray, min_entries: int = 3) -> PerTaskSpearman:
+    """Spearman between row i of T_est and of T_true, averaged over rows (paper App. C.2.2).
+
+    T_est, T_true: (n, n) float. The diagonal is left out: T_ii is task i alone (pairwise) or over every subset
+    holding i (Eq. 1), a different quantity from its affinity to other tasks, and it would mostly rank task i's own
+    level. Entries NaN in either matrix are left out; a row with fewer than ``min_entries`` entries or constant
+    values is skipped.
+    """
+    T_est, T_true = _check_pair(T_est, T_true)
+    off_diagonal = ~np.eye(len(T_est), dtype=bool)
+    rhos = {}
+    for i in range(len(T_est)):
+        keep = off_diagonal[i] & np.isfinite(T_est[i]) & np.isfinite(T_true[i])
+        rhos[i] = _spearman_or_none(T_est[i, keep], T_true[i, keep], min_entries)
+    return _summarise(rhos)
+
+
+def pooled_spearman(est: Mapping | Iterable, true: Mapping | Iterable) -> float:
+    """Spearman over all shared (subset, task) keys at once. Pooled: task difficulty dominates it — report it only
+    beside the per-task figures."""
+    _, a, b = _aligned(est, true)
+    return float(spearmanr(a, b).statistic) if len(a) >= 2 else float("nan")
+
+
+def _check_pair(T_est, T_true) -> tuple[np.ndarray, np.ndarray]:
+    T_est, T_true = np.asarray(T_est, dtype=np.float64), np.asarray(T_true, dtype=np.float64)
+    if T_est.shape != T_true.shape or T_est.ndim != 2:
+        raise UsageError(f"affinity matrices must be (n, n) of one shape; got {T_est.shape} and {T_true.shape}")
+    return T_est, T_true
+
+
+def relative_distance(T_est: np.ndarray, T_true: np.ndarray) -> float:
+    """‖T_est − T_true‖²_F / ‖T_true‖²_F over the entries finite in both; inf if T_true is zero there.
+
+    On raw T task levels dominate (0.01–0.03 for poor estimates); pass :func:`gradtag.affinity.row_center` of both
+    for the figure that reflects affinity structure.
+    """
+    T_est, T_true = _check_pair(T_est, T_true)
+    keep = np.isfinite(T_est) & np.isfinite(T_true)
+    if not keep.any():
+        raise UsageError("the two affinity matrices have no finite entry in common")
+    denominator = float((T_true[keep] ** 2).sum())
+    numerator = float(((T_est[keep] - T_true[keep]) ** 2).sum())
+    return numerator / denominator if denominator > 0 else float("inf")
+
+
+def seed_ceiling(true_by_seed: Sequence[Mapping | Iterable], min_subsets: int = 3) -> SeedCeiling:
+    """The truth's seed-to-seed agreement: :func:`per_task_spearman_subsets` between each pair of seeds' tables,
+    averaged over pairs. true_by_seed: ≥ 2 score tables of the same subsets, one per seed."""
+    tables = [score_table(table) for table in true_by_seed]
+    if len(tables) < 2:
+        raise UsageError(f"the seed ceiling needs scores from at least 2 seeds, got {len(tables)}")
+    per_pair = {
+        (a, b): per_task_spearman_subsets(tables[a], tables[b], min_subsets).mean
+        for a, b in itertools.combinations(range(len(tables)), 2)
+    }
+    return SeedCeiling(float(np.nanmean(list(per_pair.values()))), per_pair)
+
+
+def group_effect(scores: Mapping | Iterable, groups: Sequence[Sequence[int]], n: int | None = None) -> GroupEffect:
+    """Slope of f(S, j) on the number of same-group partners of j in S, with per-task fixed effects.
+
+    For each record (S, j), x = |{k ∈ S, k ≠ j, group(k) = group(j)}|. Both x and f are demeaned within task j, and
+    the slope is the OLS fit of one on the other (the fixed-effects estimator); its standard error uses
+    N − (tasks) − 1 degrees of freedom. A flat truth gives a slope near 0; planted structure a clearly non-zero one
+    (positive when higher scores are better and partners help). Records of a task in no group are left out.
+    groups: list of groups of task indices; n: number of tasks (default: largest index in scores or groups + 1).
+    """
+    table = score_table(scores)
+    top = max([max(s) for s, _ in table] + [int(t) for g in groups for t in g]) + 1
+    labels = groups_to_labels(groups, n if n is not None else top)
+    grouped = {int(t) for g in groups for t in g}
+    rows = [
+        (task, sum(labels[k] == labels[task] for k in subset if k != task), score)
+        for (subset, task), score in table.items()
+        if task in grouped
+    ]
+    if not rows:
+        raise UsageError("no scored task belongs to a group")
+    tasks, x, y = (np.array(column, dtype=float) for column in zip(*rows, strict=True))
+    x_w, y_w = x.copy(), y.copy()
+    for task in np.unique(tasks):
+        mask = tasks == task
+        x_w[mask] -= x[mask].mean()
+        y_w[mask] -= y[mask].mean()
+    n_tasks = len(np.unique(tasks))
+    sxx = float(x_w @ x_w)
+    if sxx == 0:
+        raise UsageError("the number of same-group partners never varies within a task; the slope is undefined")
+    slope = float(x_w @ y_w) / sxx
+    dof = len(rows) - n_tasks - 1
+    residual = y_w - slope * x_w
+    std_error = float(np.sqrt(residual @ residual / dof / sxx)) if dof > 0 else float("nan")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t_stat = float(np.divide(slope, std_error))  # ±inf for an exact fit, NaN without residual degrees of freedom
+    return GroupEffect(slope, std_error, t_stat, len(rows), n_tasks)
+
+
+def adjusted_rand(groups_a: Sequence[Sequence[int]], groups_b: Sequence[Sequence[int]], n: int) -> float:
+    """Adjusted Rand index between two groupings of n tasks, each a list of groups (tasks in no group: singletons)."""
+    return float(adjusted_rand_score(groups_to_labels(groups_a, n), groups_to_labels(groups_b, n)))
+
+
+def comparison_report(est: Mapping | Iterable, true: Mapping | Iterable, n: int | None = None) -> dict:
+    """All estimate-versus-truth figures for two score tables, as a JSON-ready dict.
+
+    T is the higher-order affinity (Eq. 1) of each table restricted to the shared keys. Keys: ``n_scores``,
+    ``spearman_per_task_subsets`` (+ ``_tasks_used``), ``spearman_per_task_rows`` (+ ``_tasks_used``),
+    ``spearman_pooled``, ``relative_distance_raw``, ``relative_distance_row_centered``.
+    """
+    keys, a, b = _aligned(est, true)
+    est_table, true_table = dict(zip(keys, a, strict=True)), dict(zip(keys, b, strict=True))
+    if n is None:
+        n = max(max(subset) for subset, _ in keys) + 1
+    T_est, _ = higher_order_affinity(est_table, n)
+    T_true, _ = higher_order_affinity(true_table, n)
+    subsets = per_task_spearman_subsets(est_table, true_table)
+    rows = per_task_spearman_rows(T_est, T_true)
+    return {
+        "n_scores": len(keys),
+        "spearman_per_task_subsets": subsets.mean,
+        "spearman_per_task_subsets_tasks_used": subsets.n_used,
+        "spearman_per_task_rows": rows.mean,
+        "spearman_per_task_rows_tasks_used": rows.n_used,
+        "spearman_pooled": pooled_spearman(est_table, true_table),
+        "relative_distance_raw": relative_distance(T_est, T_true),
+        "relative_distance_row_centered": relative_distance(row_center(T_est), row_center(T_true)),
+    }
