@@ -14,7 +14,7 @@ skipped (resumable); ``--num-shards/--shard-id`` split the tasks across cluster 
 from __future__ import annotations
 
 import argparse
-import hashlib
+import shutil
 import time
 from pathlib import Path
 
@@ -24,6 +24,7 @@ from data import load_dataset
 from gradtag.artifacts import (
     UsageError,
     check_compatible,
+    file_digest,
     gradient_file,
     gradients_dir,
     package_versions,
@@ -59,14 +60,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--shard-id", type=int, default=0, help="which shard this job computes: 0 .. num-shards-1")
     parser.add_argument("--batch-size", type=int, default=256, help="nodes per vectorised gradient call (memory knob)")
     parser.add_argument("--task-chunk", type=int, default=10, help="tasks computed together before their files are written")
+    parser.add_argument("--overwrite", action="store_true", help="delete the output folder first instead of resuming into it")
     parser.add_argument("--out", default=None, help="output folder (default: <gradients-dir>/<dataset>/<run>_d<dim>)")
     add_run_args(parser)
     add_folder_args(parser, "gradients")
     return parser
-
-
-def file_digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
 
 def validate(args) -> None:
@@ -107,6 +105,8 @@ def main(args: argparse.Namespace) -> None:
         "splits": list(args.splits),
     }
     config_path = folder / "config.json"
+    if args.overwrite and folder.is_dir():
+        shutil.rmtree(folder)
     if config_path.is_file():
         check_compatible(read_json(config_path), folder, **identity)
     else:

@@ -25,6 +25,7 @@ from gradtag.artifacts import (
     UsageError,
     check_compatible,
     checkpoint_dir,
+    file_digest,
     package_versions,
     read_json,
     read_results,
@@ -78,7 +79,11 @@ def get_args_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="with a groups file: also train single-task models (STL) and one all-task model (naive MTL), and compare",
     )
-    group.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint folder of the same run")
+    group.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing checkpoint folder of the same run; with --subsets-file, start the results CSV afresh",
+    )
     return parser
 
 
@@ -111,10 +116,13 @@ def train_meta_initializations(args, dataset, device, options: dict) -> None:
     """Train ``--runs`` models on ``--tasks`` and save each as a checkpoint folder."""
     tasks = parse_tasks(args.tasks, dataset.num_tasks)
     tag = "all" if len(tasks) == dataset.num_tasks else "tasks" + "-".join(map(str, tasks))
-    for seed in range(args.seed, args.seed + args.runs):
+    seeds = range(args.seed, args.seed + args.runs)
+    for seed in seeds:  # refuse before training anything
         folder = checkpoint_dir(args.saved_dir, dataset.name, run_name(tag, seed))
         if (folder / "model.pt").exists() and not args.overwrite:
             raise UsageError(f"{folder} already holds a checkpoint; pass --overwrite to replace it or change --seed")
+    for seed in seeds:
+        folder = checkpoint_dir(args.saved_dir, dataset.name, run_name(tag, seed))
         seed_everything(seed)
         model = build_model(args.model, dataset.features.shape[2], dataset.features.shape[1] - 1, dataset.num_tasks, **options)
         model.to(device)
@@ -149,7 +157,7 @@ def train_config(args, dataset) -> TrainConfig:
     """Training settings from the flags; unset ones take the dataset's recommended value (fine-tuning: 50 steps)."""
     fixed_steps = args.fixed_steps if args.fixed_steps is not None else (50 if args.init_from else None)
     weight_decay = args.weight_decay if args.weight_decay is not None else dataset.recommended.get("weight_decay", 0.0)
-    return TrainConfig(args.epochs, args.lr, weight_decay, args.batch_size, args.patience, fixed_steps)
+    return TrainConfig(args.epochs, args.lr, weight_decay, args.batch_size, args.patience, fixed_steps, args.eval_every)
 
 
 def fine_tuning_start(args, dataset, device, options: dict) -> tuple[dict | None, dict | None, dict]:
@@ -160,7 +168,8 @@ def fine_tuning_start(args, dataset, device, options: dict) -> tuple[dict | None
     if base_config_json["model"] != args.model:
         raise UsageError(f"--init-from {args.init_from} is a {base_config_json['model']!r} model; pass --model to match")
     state = {key: value.clone() for key, value in base.state_dict().items()}
-    return state, {"init_from": str(args.init_from), "init_seed": base_config_json["seed"]}, base_config_json["model_options"]
+    identity = {"init_from": str(args.init_from), "init_fingerprint": file_digest(Path(args.init_from) / "model.pt")}
+    return state, identity, base_config_json["model_options"]
 
 
 def train_subset_models(args, dataset, device, options: dict, subsets, csv_path: Path, source: str, init) -> tuple[list, float]:
@@ -182,7 +191,7 @@ def train_subset_models(args, dataset, device, options: dict, subsets, csv_path:
     }
     sidecar = csv_path.with_suffix(".json")
     rows, previous_seconds = [], 0.0
-    if csv_path.exists():
+    if csv_path.exists() and not args.overwrite:
         previous = read_json(sidecar)
         check_compatible(
             previous,

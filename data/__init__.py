@@ -15,7 +15,7 @@ import torch
 
 from data.graph import SPLITS, GraphDataset, build_features, make_dataset
 from data.planted import generate_planted
-from data.snap import load_snap
+from data.snap import SNAP_URL, load_snap
 from gradtag.artifacts import UsageError, atomic_path, fingerprint, read_subsets, write_json, write_subsets
 
 DEFAULT_CACHE_DIR = Path("datasets") / "cache"
@@ -63,6 +63,7 @@ DATASETS = {
         defaults=_SNAP_DEFAULTS,
         edge_stems=["amazon-1.90.ungraph.txt"],
         community_stems=["amazon-1.90.cmty.txt"],
+        source="the CLARE repository (KDD 2022), dataset/amazon/",
         recommended=dict(hop_width=256, head_width=256),
     ),
 }
@@ -177,7 +178,9 @@ def load_dataset(
         dataset = make_dataset(name, features, labels, task_names, options, groups, spec["recommended"])
         _write_planted_files(dataset_dir, dataset, edges)
         return dataset
-    edges, labels, task_names = load_snap(name, dataset_dir, spec["edge_stems"], spec["community_stems"], options["num_tasks"])
+    edges, labels, task_names = load_snap(
+        name, dataset_dir, spec["edge_stems"], spec["community_stems"], options["num_tasks"], spec.get("source", SNAP_URL)
+    )
     features = cached_features(Path(cache_dir) / name, edges, len(labels), options)
     return make_dataset(name, features, labels, task_names, options, None, spec["recommended"])
 

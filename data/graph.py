@@ -15,6 +15,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 from scipy.sparse.linalg import eigsh
+from threadpoolctl import threadpool_limits
 
 from gradtag.artifacts import fingerprint
 
@@ -99,7 +100,8 @@ def spectral_embedding(edges: np.ndarray, num_nodes: int, dim: int) -> np.ndarra
     operator = normalized_adjacency(edges, num_nodes)
     dim = min(dim, num_nodes - 2)
     if num_nodes <= 2000:
-        _, vectors = np.linalg.eigh(operator.toarray())
+        with threadpool_limits(1):  # multithreaded BLAS is much slower here on a loaded machine; results are equal
+            _, vectors = np.linalg.eigh(operator.toarray())
         vectors = vectors[:, ::-1][:, :dim]
     else:
         start = np.ones(num_nodes) / np.sqrt(num_nodes)

@@ -34,7 +34,10 @@ def _open_text(path: Path):
 def read_edges(path: Path) -> np.ndarray:
     """Edge list (E, 2) int64 of original node ids; ``#`` lines skipped, self-loops dropped."""
     with _open_text(path) as fh:
-        edges = np.loadtxt(fh, dtype=np.int64, comments="#", ndmin=2)
+        try:
+            edges = np.loadtxt(fh, dtype=np.int64, comments="#", ndmin=2)
+        except ValueError as err:
+            raise UsageError(f"{path}: not an edge list of integer node-id pairs ({err})") from None
     if edges.shape[1] != 2:
         raise UsageError(f"{path}: expected two node ids per line, got {edges.shape[1]} columns")
     return edges[edges[:, 0] != edges[:, 1]]
@@ -66,18 +69,19 @@ def load_snap(
     edge_stems: list[str],
     community_stems: list[str],
     num_tasks: int,
+    source: str = SNAP_URL,
 ) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Read a SNAP graph and its ``num_tasks`` largest communities.
 
     Returns (edges (E, 2) int64 in the renumbered ids of the induced subgraph, labels (N, n) bool, task names
-    ``cmty<line index>``).
+    ``cmty<line index>``). ``source`` is where the files can be downloaded, named in the error when they are missing.
     """
     edge_path, community_path = find_file(data_dir, edge_stems), find_file(data_dir, community_stems)
     if edge_path is None or community_path is None:
         missing = edge_stems[0] if edge_path is None else community_stems[0]
         raise UsageError(
-            f"dataset {name!r}: {missing}[.gz] not found in {data_dir}; download {SNAP_URL}{missing}.gz "
-            f"(and its edge/community partner) into {data_dir} or pass --data-dir"
+            f"dataset {name!r}: {missing}[.gz] not found in {data_dir}; download it (and its edge/community partner) "
+            f"from {source} into {data_dir}, or pass --data-dir"
         )
     communities = read_communities(community_path)
     if len(communities) < num_tasks:

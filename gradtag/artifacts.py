@@ -64,6 +64,9 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     tmp = Path(tmp)
     try:
         yield tmp
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the final file the usual permissions
         os.replace(tmp, path)
     finally:
         if tmp.exists():
@@ -102,6 +105,11 @@ def fingerprint(*parts) -> str:
             digest.update(json.dumps(part, sort_keys=True, default=str).encode())
         digest.update(b"|")
     return digest.hexdigest()[:16]
+
+
+def file_digest(path: str | Path) -> str:
+    """A short hash of a file's bytes (identifies a checkpoint's weights)."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
 
 
 def package_versions() -> dict:

@@ -80,6 +80,9 @@ def add_training_args(parser: argparse.ArgumentParser) -> None:
         help="stop after this many epochs without a better validation score (macro-F1, then loss)",
     )
     group.add_argument(
+        "--eval-every", type=int, default=5, help="epochs between validation checks for early stopping (speed knob)"
+    )
+    group.add_argument(
         "--fixed-steps",
         type=int,
         default=None,

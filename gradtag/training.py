@@ -88,8 +88,9 @@ class TrainConfig:
     lr: float = 1e-2
     weight_decay: float = 0.0
     batch_size: int = 4096
-    patience: int = 30
+    patience: int = 200
     fixed_steps: int | None = None
+    eval_every: int = 5
 
 
 def train_model(
@@ -106,8 +107,8 @@ def train_model(
     Only the training nodes of the listed tasks are visited, and the loss masks every (node, task) entry that is not a
     training sample of a listed task, so the logits of other tasks receive no gradient. With
     ``config.fixed_steps`` the model takes exactly that many optimiser steps and keeps the last weights; otherwise it
-    keeps the weights of the best validation epoch (macro-F1, then loss) and stops after ``patience`` epochs without
-    improvement.
+    keeps the weights of the best validation epoch (macro-F1, then loss; checked every ``eval_every`` epochs) and
+    stops after ``patience`` epochs without improvement.
     """
     generator = torch.Generator().manual_seed(seed)
     train_mask = torch.as_tensor(dataset.masks["train"][:, tasks])
@@ -140,6 +141,8 @@ def train_model(
                 break
             continue
         bar.update()
+        if epoch % config.eval_every and epoch != max_epochs - 1:
+            continue
         scores = evaluate(model, dataset, tasks, device, splits=("val",))["val"]
         key = (scores["macro_f1"], -scores["mean_loss"])
         if best_key is None or key > best_key:

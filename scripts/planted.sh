@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# The embedded default, end to end, offline: steps 1-4, the fine-tuned truth for comparison, grouped training
+# against STL and naive MTL, and a summary table. Extra flags (e.g. --device cuda) go to every torch step.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DATASET=planted
+SEED=0            # meta-initialization seed (M = 1)
+PROJECT_DIM=200   # d
+SUBSETS=200       # m sampled subsets ...
+SUBSET_SIZE=5     # ... of size alpha = n/4
+K=4               # groups to find
+L2=0.1            # regression L2 strength
+RUN=all_seed${SEED}
+SUBSETS_FILE=sampled_tasks/${DATASET}_m${SUBSETS}_a${SUBSET_SIZE}_s${SEED}.txt
+NAME=$(basename "$SUBSETS_FILE" .txt)
+EXTRA=("$@")
+
+step() { local name=$1; shift; local start=$SECONDS; echo "== $name: $*"; "$@"; TIMES+=("$name=$((SECONDS - start))"); }
+TIMES=()
+
+step train_theta python train_multitask.py --dataset $DATASET --seed $SEED --overwrite "${EXTRA[@]}"
+step gradients python collect_gradients.py --checkpoint saved/$DATASET/$RUN --project-dim $PROJECT_DIM --overwrite "${EXTRA[@]}"
+step sample python sample_subsets.py --dataset $DATASET --num-subsets $SUBSETS --subset-size $SUBSET_SIZE --seed $SEED --overwrite
+step estimate python fit_linear_estimates.py --gradients gradients/$DATASET/${RUN}_d$PROJECT_DIM \
+    --subsets-file "$SUBSETS_FILE" --l2 $L2 "${EXTRA[@]}"
+step truth_finetune python train_multitask.py --dataset $DATASET --subsets-file "$SUBSETS_FILE" \
+    --init-from saved/$DATASET/$RUN --overwrite "${EXTRA[@]}"
+step compare python compare_affinities.py --estimated results/${NAME}_estimate.csv \
+    --trained results/${NAME}_finetune.csv --planted datasets/$DATASET/planted_groups.txt
+step cluster python run_clustering.py --affinity results/${NAME}_estimate_higher_order.npy --k $K \
+    --out results/${DATASET}_groups.txt --planted datasets/$DATASET/planted_groups.txt --overwrite
+step grouped_training python train_multitask.py --dataset $DATASET --subsets-file results/${DATASET}_groups.txt \
+    --baselines --seed $SEED --overwrite "${EXTRA[@]}"
+
+python pipeline_summary.py --groups results/${DATASET}_groups.json --training results/${DATASET}_groups_scratch_summary.json \
+    --comparison results/${NAME}_finetune_report.json --times "${TIMES[@]}"
