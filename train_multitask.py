@@ -138,7 +138,8 @@ def train_meta_initializations(args, dataset, device, options: dict) -> None:
         print_metrics(dataset, tasks, metrics)
         print(
             f"run {run_name(tag, seed)}: {summary['epochs_run']} epochs in {seconds:.1f}s, test macro-F1 "
-            f"{metrics['test']['macro_f1']:.4f}; wrote {folder}/{{model.pt,config.json,metrics.json}}"
+            f"{metrics['test']['macro_f1']:.4f} (all-positive predictor: {metrics['test']['all_positive_macro_f1']:.4f}); "
+            f"wrote {folder}/{{model.pt,config.json,metrics.json}}"
         )
 
 

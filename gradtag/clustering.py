@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from gradtag import affinity
 from gradtag.artifacts import atomic_path
 
 # SCS settings: with eps 1e-4 the rounding recovered planted groups at n = 20..500 (benchmarks/bench_sdp.py); n = 100
@@ -45,8 +46,7 @@ def row_center(T: np.ndarray, symmetric: bool = True) -> np.ndarray:
     every partition's Eq. 7 sum, so centring changes the SDP's grouping only when followed by :func:`exp_transform`;
     it does change spectral clustering and k-means.
     """
-    T = np.asarray(T, dtype=np.float64)
-    centred = T - T.mean(axis=1, keepdims=True)
+    centred = affinity.row_center(T)
     return symmetrize(centred) if symmetric else centred
 
 

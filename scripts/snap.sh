@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# A SNAP community graph end to end: steps 1-4 plus the fine-tuned truth on the same subsets, and grouped training
+# against STL and naive MTL. Usage: DATA_DIR=path/to/files bash scripts/snap.sh dblp [extra flags for torch steps]
+# Files: com-<name>.ungraph.txt[.gz] and com-<name>.top5000.cmty.txt[.gz] in DATA_DIR (default datasets/<name>).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DATASET=${1:?usage: bash scripts/snap.sh <youtube|amazon|dblp|livejournal|orkut|amazon_clare> [flags]}
+shift
+DATA_DIR=${DATA_DIR:-datasets/$DATASET}
+NUM_TASKS=${NUM_TASKS:-20}       # n largest communities
+HOP_WIDTH=${HOP_WIDTH:-16}       # narrow model: see README (paper: 256, a flat truth on 2 CPU cores)
+HEAD_WIDTH=${HEAD_WIDTH:-4}
+SUBSETS=${SUBSETS:-100}          # m
+SUBSET_SIZE=${SUBSET_SIZE:-5}    # alpha
+K=${K:-5}                        # groups
+PROJECT_DIM=200
+L2=0.1
+SEED=0
+RUN=all_seed${SEED}
+DATA=(--dataset "$DATASET" --data-dir "$DATA_DIR" --num-tasks "$NUM_TASKS")
+MODEL=(--hop-width "$HOP_WIDTH" --head-width "$HEAD_WIDTH")
+SUBSETS_FILE=sampled_tasks/${DATASET}_m${SUBSETS}_a${SUBSET_SIZE}_s${SEED}.txt
+NAME=$(basename "$SUBSETS_FILE" .txt)
+EXTRA=("$@")
+
+step() { local name=$1; shift; local start=$SECONDS; echo "== $name: $*"; "$@"; TIMES+=("$name=$((SECONDS - start))"); }
+TIMES=()
+
+step train_theta python train_multitask.py "${DATA[@]}" "${MODEL[@]}" --seed $SEED --overwrite "${EXTRA[@]}"
+step gradients python collect_gradients.py --checkpoint saved/$DATASET/$RUN --project-dim $PROJECT_DIM --overwrite "${EXTRA[@]}"
+step sample python sample_subsets.py "${DATA[@]}" --num-subsets "$SUBSETS" --subset-size "$SUBSET_SIZE" --seed $SEED --overwrite
+step estimate python fit_linear_estimates.py --gradients gradients/$DATASET/${RUN}_d$PROJECT_DIM \
+    --subsets-file "$SUBSETS_FILE" --l2 $L2 "${EXTRA[@]}"
+step truth_finetune python train_multitask.py "${DATA[@]}" "${MODEL[@]}" --subsets-file "$SUBSETS_FILE" \
+    --init-from saved/$DATASET/$RUN --overwrite "${EXTRA[@]}"
+step compare python compare_affinities.py --estimated results/${NAME}_estimate.csv --trained results/${NAME}_finetune.csv --k "$K"
+step cluster python run_clustering.py --affinity results/${NAME}_estimate_higher_order.npy --k "$K" \
+    --out results/${DATASET}_groups.txt --overwrite
+step grouped_training python train_multitask.py "${DATA[@]}" "${MODEL[@]}" --subsets-file results/${DATASET}_groups.txt \
+    --baselines --seed $SEED --overwrite "${EXTRA[@]}"
+
+python pipeline_summary.py --groups results/${DATASET}_groups.json --training results/${DATASET}_groups_scratch_summary.json \
+    --comparison results/${NAME}_finetune_report.json --times "${TIMES[@]}"
