@@ -1,0 +1,298 @@
+"""Check the first-order Taylor expansion behind Grad-TAG (the paper's Table 1): is f_W ≈ f_θ* + ∇f_θ*·(W − θ*)?
+
+Usage:
+    python taylor_check.py --checkpoint saved/planted/all_seed0
+    python taylor_check.py --checkpoint saved/planted/all_seed0 --subset-size 5 --num-subsets 5 --steps 10 25 50 100 200
+
+Grad-TAG linearises the network around the base model θ* (Eq. 3). This script measures how good that is where it is
+used: for ``--num-subsets`` random task subsets S (seeded by ``--seed``) it fine-tunes θ* on S for each of ``--steps``
+optimiser steps (the checkpoint's own training settings, e.g. weight decay and batch size), and at each fine-tuned W
+reports, over the validation samples of the tasks in S (see :func:`taylor_residuals`):
+
+- relative distance   ‖W − θ*‖ / ‖θ*‖;
+- residual vs change  Σ (f_W − f_θ* − ∇f_θ*·Δ)² / Σ (f_W − f_θ*)²   (Δ = W − θ*; the part of the change the
+  first-order term misses);
+- residual vs output  Σ (f_W − f_θ* − ∇f_θ*·Δ)² / Σ f_W²   (the paper's error relative to the outputs themselves).
+
+The gradient term is exact (no projection): one forward-mode ``torch.func.jvp`` gives ∇f_θ*(x)·Δ for every sample.
+The dataset is rebuilt from the checkpoint's config.json, so no data flag needs repeating. Prints a markdown table and
+the averages per step count, and writes everything to ``<results-dir>/<dataset>_taylor.json`` (or ``--out``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.func import functional_call, jvp
+from tqdm.auto import tqdm
+
+from data import load_dataset
+from gradtag.artifacts import UsageError, file_digest, package_versions, read_json, run_main, write_json
+from gradtag.cli import add_folder_args, add_run_args, resolve_device, seed_everything
+from gradtag.gradients import eval_mode, flat_params, trainable_parameters
+from gradtag.training import TrainConfig, load_checkpoint, train_model
+
+METRICS = ("relative_distance", "residual_vs_change", "residual_vs_output")
+
+
+# ---------------------------------------------------------------------------------------------------------- the math
+def _unflatten(vector: torch.Tensor, shapes: dict[str, torch.Size]) -> dict[str, torch.Tensor]:
+    """Split a (p,) vector into named tensors of the given shapes, in the given (``named_parameters``) order."""
+    pieces, offset = {}, 0
+    for name, shape in shapes.items():
+        size = int(np.prod(shape)) if len(shape) else 1
+        pieces[name] = vector[offset : offset + size].view(shape)
+        offset += size
+    if offset != vector.numel():
+        raise ValueError(f"expected a vector of {offset} entries (trainable parameters), got {vector.numel()}")
+    return pieces
+
+
+def taylor_residuals(
+    model: nn.Module,
+    base_params: torch.Tensor,
+    tuned_params: torch.Tensor,
+    x: torch.Tensor,
+    tasks: torch.Tensor,
+    batch_size: int = 4096,
+    dtype: torch.dtype = torch.float64,
+) -> dict:
+    """How well the first-order expansion around θ* predicts the outputs of W (Eq. 3 of the paper, checked as in Table 1).
+
+    With Δ = W − θ*, f_θ(x) the logit of sample x's own task, and the first-order prediction
+    f̂(x) = f_θ*(x) + ∇θ f_θ*(x)·Δ, the sums run over the B samples:
+
+    - ``residual_vs_change`` = Σ (f_W(x) − f̂(x))² / Σ (f_W(x) − f_θ*(x))²: the share of the change of the outputs
+      (in squared norm) that the first-order term misses; → 0 like ‖Δ‖² as Δ → 0 (so its square root, the norm
+      ratio, shrinks linearly in ‖Δ‖); 1 means the linear term explains nothing.
+    - ``residual_vs_output`` = Σ (f_W(x) − f̂(x))² / Σ f_W(x)²: the error relative to the outputs themselves.
+    - ``change_vs_output`` = Σ (f_W(x) − f_θ*(x))² / Σ f_W(x)²: how far the outputs moved at all (context).
+    - ``relative_distance`` = ‖Δ‖ / ‖θ*‖ and ``distance`` = ‖Δ‖ (Euclidean norms over all trainable parameters).
+
+    A ratio whose denominator is 0 is reported as 0 when its numerator is 0 too (Δ = 0: the expansion is exact).
+    ∇f_θ*(x)·Δ is exact: a forward-mode ``torch.func.jvp`` of the functional model along Δ, for a whole batch at once.
+    Everything is evaluated in eval mode (batch norm on running statistics, no dropout) and in ``dtype`` (float64 by
+    default, so that round-off does not swamp the residual for a small Δ); ``model``'s own weights are not used.
+
+    Args:
+        model: maps (B, num_hops + 1, in_dim) to (B, T) logits; supplies the architecture and its buffers.
+        base_params: (p,) θ*, the trainable parameters in ``named_parameters()`` order (as
+            :func:`gradtag.gradients.flat_params` returns them).
+        tuned_params: (p,) W, same order.
+        x: (B, num_hops + 1, in_dim) float hop features of the samples (a node appears once per task it is scored for).
+        tasks: (B,) int64 task index of each sample: whose logit is compared.
+        batch_size: samples per jvp call (a memory knob; the result does not depend on it).
+        dtype: floating dtype of the computation.
+
+    Returns:
+        dict of Python floats with the keys above, plus ``num_samples`` (int B).
+    """
+    device = base_params.device
+    shapes = {name: param.shape for name, param in trainable_parameters(model).items()}
+    base_flat, tuned_flat = base_params.to(device, dtype), tuned_params.to(device, dtype)
+    delta_flat = tuned_flat - base_flat
+    base, tuned, delta = (_unflatten(vector, shapes) for vector in (base_flat, tuned_flat, delta_flat))
+    constants = {name: param.detach() for name, param in model.named_parameters() if not param.requires_grad}
+    constants.update(dict(model.named_buffers()))
+    constants = {name: t.to(device, dtype) if t.is_floating_point() else t.to(device) for name, t in constants.items()}
+    tasks = tasks.to(device).long()
+    sums = {"residual": 0.0, "change": 0.0, "output": 0.0}
+    with eval_mode(model), torch.no_grad():
+        for start in range(0, len(x), batch_size):
+            x_batch = x[start : start + batch_size].to(device, dtype)
+            task_batch = tasks[start : start + batch_size].reshape(-1, 1)
+
+            def own_logits(params: dict, x_batch=x_batch, task_batch=task_batch) -> torch.Tensor:
+                return functional_call(model, (params, constants), (x_batch,)).gather(1, task_batch).squeeze(1)
+
+            f_base, linear = jvp(own_logits, (base,), (delta,))
+            f_tuned = own_logits(tuned)
+            sums["residual"] += float((f_tuned - f_base - linear).pow(2).sum())
+            sums["change"] += float((f_tuned - f_base).pow(2).sum())
+            sums["output"] += float(f_tuned.pow(2).sum())
+
+    def ratio(numerator: float, denominator: float) -> float:
+        return numerator / denominator if denominator > 0 else (0.0 if numerator == 0 else float("inf"))
+
+    distance = float(delta_flat.norm())
+    return {
+        "distance": distance,
+        "relative_distance": ratio(distance, float(base_flat.norm())),
+        "residual_vs_change": ratio(sums["residual"], sums["change"]),
+        "residual_vs_output": ratio(sums["residual"], sums["output"]),
+        "change_vs_output": ratio(sums["change"], sums["output"]),
+        "num_samples": len(x),
+    }
+
+
+def sample_subsets(num_tasks: int, subset_size: int, num_subsets: int, seed: int) -> list[list[int]]:
+    """``num_subsets`` sorted task subsets of ``subset_size`` distinct tasks each, drawn uniformly with ``seed``."""
+    rng = np.random.default_rng(seed)
+    return [sorted(int(task) for task in rng.choice(num_tasks, subset_size, replace=False)) for _ in range(num_subsets)]
+
+
+def validation_pairs(dataset, subset: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x, tasks): the hop features (B, num_hops + 1, in_dim) and task (B,) of every validation sample of the subset."""
+    nodes = [dataset.samples(task, "val") for task in subset]
+    owners = np.concatenate([np.full(len(samples), task) for task, samples in zip(subset, nodes, strict=True)])
+    return dataset.features[np.concatenate(nodes)], torch.as_tensor(owners, dtype=torch.int64)
+
+
+# ---------------------------------------------------------------------------------------------------------- the script
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", required=True, help="step-1 checkpoint folder θ*, e.g. saved/planted/all_seed0")
+    parser.add_argument("--data-dir", default=None, help="where the dataset's files are, if not where step 1 found them")
+    group = parser.add_argument_group("what to check")
+    group.add_argument("--subset-size", type=int, default=5, help="tasks per random subset S")
+    group.add_argument("--num-subsets", type=int, default=5, help="number of random subsets S (drawn with --seed)")
+    group.add_argument(
+        "--steps",
+        type=int,
+        nargs="+",
+        default=[10, 25, 50, 100, 200],
+        help="fine-tuning lengths: each subset is fine-tuned from θ* for each of these many optimiser steps",
+    )
+    group.add_argument(
+        "--lr", type=float, default=None, help="Adam learning rate of the fine-tuning (default: the checkpoint's own)"
+    )
+    group.add_argument(
+        "--eval-batch-size", type=int, default=4096, help="samples per jvp call (memory knob; no effect on results)"
+    )
+    group.add_argument("--out", default=None, help="output JSON (default: <results-dir>/<dataset>_taylor.json)")
+    group.add_argument("--overwrite", action="store_true", help="replace an existing output JSON instead of refusing")
+    add_run_args(parser)
+    add_folder_args(parser, "results")
+    return parser
+
+
+def validate(args: argparse.Namespace) -> None:
+    if args.subset_size < 1 or args.num_subsets < 1:
+        raise UsageError("--subset-size and --num-subsets must be at least 1")
+    if any(steps < 1 for steps in args.steps):
+        raise UsageError(f"--steps {' '.join(map(str, args.steps))}: every step count must be at least 1")
+    if args.lr is not None and not args.lr > 0:
+        raise UsageError("--lr must be positive")
+    if args.eval_batch_size < 1:
+        raise UsageError("--eval-batch-size must be at least 1")
+    if not (Path(args.checkpoint) / "config.json").is_file():
+        raise UsageError(f"checkpoint {args.checkpoint} has no config.json; train it first with train_multitask.py")
+
+
+def taylor_path(results_dir: str | Path, dataset: str) -> Path:
+    """``<results-dir>/<dataset>_taylor.json``: this script's output."""
+    return Path(results_dir) / f"{dataset}_taylor.json"
+
+
+def fine_tuning_config(training: dict, steps: int, lr: float | None) -> TrainConfig:
+    """The checkpoint's recorded training settings (weight decay, batch size, ...), for exactly ``steps`` steps."""
+    known = {field.name for field in dataclasses.fields(TrainConfig)}
+    settings = {key: value for key, value in training.items() if key in known}
+    settings["fixed_steps"] = steps
+    if lr is not None:
+        settings["lr"] = lr
+    return TrainConfig(**settings)
+
+
+def averages_by_steps(rows: list[dict], steps: list[int]) -> list[dict]:
+    """Mean of each metric over the subsets, per step count (in the order of ``--steps``)."""
+    return [
+        {"steps": count, **{key: float(np.mean([row[key] for row in rows if row["steps"] == count])) for key in METRICS}}
+        for count in steps
+    ]
+
+
+def print_table(rows: list[dict], averages: list[dict]) -> None:
+    print("| subset | steps | rel. distance ‖W−θ*‖/‖θ*‖ | residual vs change | residual vs output |")
+    print("|---|---:|---:|---:|---:|")
+    for row in rows:
+        print(
+            f"| {row['subset']} | {row['steps']} | {row['relative_distance']:.4f} | {row['residual_vs_change']:.2e} "
+            f"| {row['residual_vs_output']:.2e} |"
+        )
+    for row in averages:
+        print(
+            f"| **average** | {row['steps']} | {row['relative_distance']:.4f} | {row['residual_vs_change']:.2e} "
+            f"| {row['residual_vs_output']:.2e} |"
+        )
+
+
+def main(args: argparse.Namespace) -> None:
+    validate(args)
+    device = resolve_device(args.device)
+    checkpoint = Path(args.checkpoint)
+    checkpoint_config = read_json(checkpoint / "config.json")
+    num_tasks = len(checkpoint_config["task_names"])
+    if args.subset_size > num_tasks:
+        raise UsageError(f"--subset-size {args.subset_size} exceeds the checkpoint's {num_tasks} tasks")
+    out = Path(args.out) if args.out else taylor_path(args.results_dir, checkpoint_config["dataset"])
+    if out.exists() and not args.overwrite:
+        raise UsageError(f"{out} already exists; pass --overwrite to replace it or choose another --out")
+    dataset = load_dataset(
+        checkpoint_config["dataset"],
+        args.data_dir or checkpoint_config["args"].get("data_dir"),
+        **checkpoint_config["dataset_options"],
+    )
+    base_model, checkpoint_config = load_checkpoint(checkpoint, device, dataset)
+    base_params = flat_params(base_model)
+    steps = sorted(set(args.steps))
+
+    # seeding: one --seed draws the subsets and seeds every fine-tuning run (data order and initial state)
+    subsets = sample_subsets(dataset.num_tasks, args.subset_size, args.num_subsets, args.seed)
+
+    rows = []
+    start = time.perf_counter()
+    jobs = [(index, count) for index in range(len(subsets)) for count in steps]
+    for index, count in tqdm(jobs, desc="fine-tune and expand", disable=args.no_progress):
+        subset = subsets[index]
+        model = copy.deepcopy(base_model)
+        seed_everything(args.seed)
+        train_model(model, dataset, subset, fine_tuning_config(checkpoint_config["training"], count, args.lr), device, args.seed)
+        x, tasks = validation_pairs(dataset, subset)
+        result = taylor_residuals(model, base_params, flat_params(model), x, tasks, batch_size=args.eval_batch_size)
+        rows.append({"subset_id": index, "subset": " ".join(map(str, subset)), "steps": count, **result})
+    seconds = time.perf_counter() - start
+
+    averages = averages_by_steps(rows, steps)
+    print_table(rows, averages)
+    write_json(
+        out,
+        {
+            "dataset": dataset.name,
+            "dataset_fingerprint": dataset.fingerprint,
+            "checkpoint": str(checkpoint),
+            "checkpoint_fingerprint": file_digest(checkpoint / "model.pt"),
+            "num_params": int(base_params.numel()),
+            "subsets": subsets,
+            "steps": steps,
+            "training": {**vars(fine_tuning_config(checkpoint_config["training"], steps[-1], args.lr)), "fixed_steps": None},
+            "samples": "validation samples of the tasks in each subset; f = the logit of the sample's own task",
+            "definitions": {
+                "relative_distance": "||W - θ*|| / ||θ*||",
+                "residual_vs_change": "Σ (f_W - f_θ* - ∇f_θ*·(W - θ*))² / Σ (f_W - f_θ*)²",
+                "residual_vs_output": "Σ (f_W - f_θ* - ∇f_θ*·(W - θ*))² / Σ f_W²",
+                "change_vs_output": "Σ (f_W - f_θ*)² / Σ f_W²",
+            },
+            "rows": rows,
+            "averages": averages,
+            "seed": args.seed,
+            "seconds": seconds,
+            "args": vars(args),
+            "versions": package_versions(),
+        },
+    )
+    print(
+        f"Taylor check of {checkpoint}: {len(subsets)} subsets of {args.subset_size} tasks x {len(steps)} step counts "
+        f"in {seconds:.1f}s; wrote {out}"
+    )
+
+
+if __name__ == "__main__":
+    run_main(main, get_args_parser().parse_args())
