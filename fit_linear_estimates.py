@@ -155,6 +155,13 @@ def main(args: argparse.Namespace) -> None:
         missing = [task for task in needed if data["train"]["gradients"][task] is None]
         if missing:
             raise UsageError(f"{folder} lacks training gradients of tasks {missing[:10]}; run collect_gradients.py for them")
+        if args.eval == "linearized":
+            no_val = [task for task in needed if data["val"]["gradients"][task] is None]
+            if no_val:
+                raise UsageError(
+                    f"{folder} lacks validation gradients of tasks {no_val[:10]}, which --eval linearized scores with; "
+                    "rerun collect_gradients.py with --splits train val, or use --eval reconstructed"
+                )
         train = data["train"]
         stand_in = train["gradients"][needed[0]]  # tasks outside every subset are never read; keep shapes valid
         task_data = prepare_tasks(

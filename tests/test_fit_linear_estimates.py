@@ -1,0 +1,257 @@
+"""Step 3: fit_linear_estimates.py on real step-2 folders of a tiny planted graph — the estimate CSV and affinity
+files, the linearized loss against a direct recomputation, reconstructed against linearized, averaging over
+meta-initializations, pairwise files, the uncovered-pairs warning and the refusals."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+import fit_linear_estimates
+import sample_subsets
+from gradtag.affinity import higher_order_affinity
+from gradtag.artifacts import RESULT_COLUMNS, read_json, read_results
+from gradtag.regression import fit_subsets, prepare_tasks
+from gradtag.scores import score_records
+from tests.conftest import TINY_PLANTED_FLAGS, exit_status
+from tests.test_collect_gradients import collect, train_checkpoints
+
+TRIPLES = [(0, 1, 2), (0, 1, 3), (0, 2, 3), (1, 2, 3)]  # every subset of size 3 of 4 tasks: each pair in 2 of them
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    """Two meta-initializations (seeds 0, 1) and their gradients, plus a partial and a d=4 folder (read-only)."""
+    root = tmp_path_factory.mktemp("estimate")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(root)
+        checkpoints = train_checkpoints(root, runs=2)
+        grads = [root / f"grads_seed{seed}" for seed in (0, 1)]
+        for checkpoint, folder in zip(checkpoints, grads, strict=True):
+            collect(checkpoint, folder)
+        collect(checkpoints[0], root / "grads_tasks01", "--tasks", "0 1")
+        collect(checkpoints[0], root / "grads_d4_train", "--tasks", "0 1", "--project-dim", "4", "--splits", "train")
+    triples = root / "triples.txt"
+    triples.write_text("".join(" ".join(map(str, subset)) + "\n" for subset in TRIPLES))
+    return SimpleNamespace(
+        root=root,
+        checkpoints=checkpoints,
+        grads=grads,
+        tasks01=root / "grads_tasks01",
+        d4_train=root / "grads_d4_train",
+        triples=triples,
+    )
+
+
+def fit_argv(gradients, subsets_file, results_dir, *extra: str) -> list[str]:
+    gradients = [str(folder) for folder in (gradients if isinstance(gradients, list) else [gradients])]
+    return [
+        "--gradients",
+        *gradients,
+        "--subsets-file",
+        str(subsets_file),
+        "--results-dir",
+        str(results_dir),
+        "--no-progress",
+        *extra,
+    ]
+
+
+def fit(gradients, subsets_file, results_dir, *extra: str) -> None:
+    parser = fit_linear_estimates.get_args_parser()
+    fit_linear_estimates.main(parser.parse_args(fit_argv(gradients, subsets_file, results_dir, *extra)))
+
+
+def load_split(folder, task: int, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    return tuple(np.load(folder / f"task_{task}_{split}_{kind}.npy") for kind in ("gradients", "outputs", "labels"))
+
+
+def by_key(rows) -> dict:
+    return {(row["subset"], row["task"]): row for row in rows}
+
+
+# ---------------------------------------------------------------------------------------------------------- outputs
+def test_writes_estimate_csv_and_higher_order_affinity(folders, tmp_path, capsys):
+    fit(folders.grads[0], folders.triples, tmp_path, "--name", "tri")
+    assert "estimated 4 subsets x 1 base model(s) (linearized" in capsys.readouterr().out
+    assert sorted(path.name for path in tmp_path.iterdir()) == [
+        "tri_estimate.csv",
+        "tri_estimate.json",
+        "tri_estimate_higher_order.json",
+        "tri_estimate_higher_order.npy",
+        "tri_estimate_higher_order_counts.npy",
+    ]
+    with open(tmp_path / "tri_estimate.csv", newline="") as fh:
+        assert next(csv.reader(fh)) == RESULT_COLUMNS
+    rows = read_results(tmp_path / "tri_estimate.csv")
+    assert [(row["subset_id"], row["subset"], row["task"]) for row in rows] == [
+        (index, " ".join(map(str, subset)), task) for index, subset in enumerate(TRIPLES) for task in subset
+    ]
+    for row in rows:
+        assert row["source"] == "estimate" and row["seed"] == -1
+        assert 0 < row["val_loss"] < 5 and 0 <= row["val_f1"] <= 1
+        assert np.isnan(row["test_loss"]) and np.isnan(row["test_f1"])  # no test gradients were collected
+
+    T = np.load(tmp_path / "tri_estimate_higher_order.npy")
+    counts = np.load(tmp_path / "tri_estimate_higher_order_counts.npy")
+    expected, expected_counts = higher_order_affinity(score_records(rows, "loss"), 4)
+    assert T.dtype == np.float64 and T.shape == (4, 4) and np.array_equal(T, expected)
+    assert np.array_equal(counts, expected_counts) and np.array_equal(counts, 2 + np.eye(4, dtype=np.int64))
+    # Eq. (1) by hand for one entry: T_01 = mean of -f(S, 0) over the subsets holding 0 and 1
+    loss = {(row["subset"], row["task"]): row["val_loss"] for row in rows}
+    assert T[0, 1] == pytest.approx(-(loss["0 1 2", 0] + loss["0 1 3", 0]) / 2, rel=1e-12)
+
+    sidecar = read_json(tmp_path / "tri_estimate.json")
+    assert sidecar["subsets"] == [list(subset) for subset in TRIPLES] and sidecar["eval"] == "linearized"
+    assert sidecar["dataset"] == "planted" and sidecar["gradients"] == [str(folders.grads[0])]
+    assert sidecar["dataset_fingerprint"] == read_json(folders.grads[0] / "config.json")["dataset_fingerprint"]
+    meta = read_json(tmp_path / "tri_estimate_higher_order.json")
+    assert meta["kind"] == "higher_order" and meta["uncovered_pairs"] == []
+
+
+def test_linearized_loss_equals_a_direct_recomputation(folders, tmp_path):
+    l2 = 0.1
+    fit(folders.grads[0], folders.triples, tmp_path, "--name", "tri", "--l2", str(l2))
+    rows = by_key(read_results(tmp_path / "tri_estimate.csv"))
+
+    train = [load_split(folders.grads[0], task, "train") for task in range(4)]
+    weights = fit_subsets(prepare_tasks(*zip(*train, strict=True)), TRIPLES, l2).weights.numpy()  # (m, d)
+    assert np.abs(weights).max() > 1e-3  # a real step away from θ*, so the check below is not the base loss
+    for index, subset in enumerate(TRIPLES):
+        for task in subset:
+            G, outputs, labels = (array.astype(np.float64) for array in load_split(folders.grads[0], task, "val"))
+            logits = outputs + G @ weights[index]  # Eq. (4)
+            bce = np.mean(np.logaddexp(0.0, logits) - labels * logits)
+            row = rows[" ".join(map(str, subset)), task]
+            assert row["val_loss"] == pytest.approx(bce, rel=1e-9)
+            base_loss = np.mean(np.logaddexp(0.0, outputs) - labels * outputs)
+            assert abs(row["val_loss"] - base_loss) > 1e-4
+            predicted, truth = logits > 0, labels > 0.5
+            denominator = predicted.sum() + truth.sum()
+            f1 = 2 * np.sum(predicted & truth) / denominator if denominator else 0.0
+            assert row["val_f1"] == pytest.approx(f1, abs=1e-12)
+
+
+def test_reconstructed_eval_is_close_to_linearized_for_small_steps(folders, workdir):
+    # With a strong penalty ŵ_S is small, so the network at θ* + P ŵ_S is close to its linearization (Eq. 4 vs 5).
+    fit(folders.grads[0], folders.triples, workdir, "--name", "lin", "--l2", "100")
+    fit(folders.grads[0], folders.triples, workdir, "--name", "rec", "--l2", "100", "--eval", "reconstructed")
+    linearized = by_key(read_results(workdir / "lin_estimate.csv"))
+    reconstructed = by_key(read_results(workdir / "rec_estimate.csv"))
+    assert linearized.keys() == reconstructed.keys() and len(linearized) == 12
+    assert read_json(workdir / "rec_estimate.json")["eval"] == "reconstructed"
+    for key, row in reconstructed.items():
+        _, outputs, labels = (array.astype(np.float64) for array in load_split(folders.grads[0], key[1], "val"))
+        step = abs(linearized[key]["val_loss"] - np.mean(np.logaddexp(0.0, outputs) - labels * outputs))
+        gap = abs(row["val_loss"] - linearized[key]["val_loss"])
+        assert gap < 1e-3 * linearized[key]["val_loss"], key
+        assert gap < 0.2 * step, key  # the two agree on the change from θ*, not only on the base loss
+        assert np.isfinite(row["test_loss"]) and 0 <= row["test_f1"] <= 1  # the network scores the test split too
+
+
+def test_pairs_file_gives_the_pairwise_affinity(folders, tmp_path):
+    pairs = tmp_path / "pairs.txt"
+    argv = [*TINY_PLANTED_FLAGS, "--pairs", "--out", str(pairs)]
+    sample_subsets.main(sample_subsets.get_args_parser().parse_args(argv))
+    fit(folders.grads[0], pairs, tmp_path / "results")
+    assert not (tmp_path / "results" / "pairs_estimate_higher_order.npy").exists()
+    T = np.load(tmp_path / "results" / "pairs_estimate_pairwise.npy")
+    counts = np.load(tmp_path / "results" / "pairs_estimate_pairwise_counts.npy")
+    rows = read_results(tmp_path / "results" / "pairs_estimate.csv")
+    assert len(rows) == 12  # 6 pairs x 2 tasks
+    for row in rows:
+        i, j = (int(task) for task in row["subset"].split())
+        other = j if row["task"] == i else i
+        assert T[row["task"], other] == -row["val_loss"]  # T_ij = f({i, j}, i)
+    off_diagonal = ~np.eye(4, dtype=bool)
+    np.testing.assert_allclose(np.diag(T), [T[i, off_diagonal[i]].mean() for i in range(4)])
+    assert np.array_equal(counts, np.ones((4, 4), dtype=np.int64))
+    meta = read_json(tmp_path / "results" / "pairs_estimate_pairwise.json")
+    assert meta["kind"] == "pairwise" and meta["diagonal_filled_with_row_mean"] is True
+
+
+def test_two_meta_initializations_average_the_single_folder_results(folders, tmp_path):
+    fit(folders.grads, folders.triples, tmp_path, "--name", "both")
+    for seed in (0, 1):
+        fit(folders.grads[seed], folders.triples, tmp_path, "--name", f"seed{seed}")
+    both = read_results(tmp_path / "both_estimate.csv")
+    singles = [read_results(tmp_path / f"seed{seed}_estimate.csv") for seed in (0, 1)]
+    assert [row["val_loss"] for row in singles[0]] != [row["val_loss"] for row in singles[1]]  # two different bases
+    for row, first, second in zip(both, *singles, strict=True):
+        assert (row["subset"], row["task"]) == (first["subset"], first["task"]) == (second["subset"], second["task"])
+        for column in ("val_loss", "val_f1"):
+            assert row[column] == pytest.approx((first[column] + second[column]) / 2, rel=1e-12, abs=1e-15)
+    T = [np.load(tmp_path / f"{name}_estimate_higher_order.npy") for name in ("both", "seed0", "seed1")]
+    np.testing.assert_allclose(T[0], (T[1] + T[2]) / 2, rtol=1e-12)
+    assert read_json(tmp_path / "both_estimate.json")["gradients"] == [str(folder) for folder in folders.grads]
+
+
+def test_uncovered_pairs_are_warned_about_and_left_nan(folders, tmp_path, capsys):
+    subsets = tmp_path / "partial.txt"
+    subsets.write_text("0 1 2\n0 1\n1 2\n")  # task 3 is in no subset
+    fit(folders.grads[0], subsets, tmp_path)
+    out = capsys.readouterr().out
+    warnings = [line for line in out.splitlines() if line.startswith("warning:")]
+    assert warnings == [
+        "warning: 4 task pairs are in no subset (T is NaN there): (0,3), (1,3), (2,3), (3,3); sample more subsets"
+    ]
+    T = np.load(tmp_path / "partial_estimate_higher_order.npy")
+    assert np.isnan(T[3]).all() and np.isnan(T[:, 3]).all() and np.isfinite(T[:3, :3]).all()
+    assert read_json(tmp_path / "partial_estimate_higher_order.json")["uncovered_pairs"] == [[0, 3], [1, 3], [2, 3], [3, 3]]
+
+
+# ---------------------------------------------------------------------------------------------------------- refusals
+def tampered(folder, workdir, **changes):
+    """A copy of a step-2 folder whose config.json claims other identity values."""
+    copy = workdir / f"{folder.name}_tampered"
+    shutil.copytree(folder, copy)
+    config = json.loads((copy / "config.json").read_text())
+    config.update(changes)
+    (copy / "config.json").write_text(json.dumps(config))
+    return copy
+
+
+def refuse(argv, results_dir, capsys, *fragments: str) -> None:
+    assert exit_status(fit_linear_estimates.main, fit_linear_estimates.get_args_parser(), argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    for fragment in fragments:
+        assert fragment in err, (fragment, err)
+    assert not results_dir.exists() or not list(results_dir.glob("*.csv"))
+
+
+@pytest.mark.parametrize("key, value", [("dataset_fingerprint", "0123456789abcdef"), ("dataset", "dblp")])
+def test_folders_of_different_datasets_are_refused(folders, workdir, capsys, key, value):
+    other = tampered(folders.grads[1], workdir, **{key: value})
+    results = workdir / "results"
+    refuse(fit_argv([folders.grads[0], other], folders.triples, results), results, capsys, key, str(other))
+
+
+def test_folders_of_different_project_dim_are_refused(folders, workdir, capsys):
+    subsets = workdir / "s.txt"
+    subsets.write_text("0 1\n")
+    results = workdir / "results"
+    refuse(fit_argv([folders.tasks01, folders.d4_train], subsets, results), results, capsys, "project_dim", "4", "8")
+
+
+def test_subset_naming_a_task_without_gradients_is_refused(folders, workdir, capsys):
+    subsets = workdir / "s.txt"
+    subsets.write_text("0 1\n1 2\n2 3\n")
+    results = workdir / "results"
+    refuse(fit_argv(folders.tasks01, subsets, results), results, capsys, "tasks [2, 3]", str(folders.tasks01))
+    # the same folder serves subsets of the tasks it holds
+    subsets.write_text("0 1\n")
+    fit(folders.tasks01, subsets, results)
+    assert len(read_results(results / "s_estimate.csv")) == 2
+
+
+def test_folder_without_validation_gradients_is_refused_before_writing(folders, workdir, capsys):
+    subsets = workdir / "s.txt"
+    subsets.write_text("0 1\n")
+    results = workdir / "results"
+    refuse(fit_argv(folders.d4_train, subsets, results), results, capsys, "val")
