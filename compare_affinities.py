@@ -50,8 +50,13 @@ def load_side(path: str) -> tuple[list[dict], dict]:
 
 def clustered(records, num_tasks: int, pairwise: bool, k: int, seed: int) -> list[list[int]]:
     affinity, _ = affinity_matrix(records, num_tasks, pairwise)
-    if not np.isfinite(affinity).all():
-        raise UsageError("the affinity matrix has pairs no subset covers; sample more subsets before clustering")
+    missing = ~np.isfinite(affinity)
+    if missing.all(axis=1).any():
+        raise UsageError("a task is in no scored subset; its affinities are unknown, so it cannot be clustered")
+    if missing.any():
+        # pairs no subset covers: give them the row's mean, i.e. no evidence either way
+        print(f"note: {int(missing.sum())} entries of T have no covering subset; clustering uses their row means")
+        affinity = np.where(missing, np.nanmean(affinity, axis=1, keepdims=True), affinity)
     return cluster(prepare_affinity(affinity), k, "sdp", seed).groups
 
 
