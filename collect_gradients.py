@@ -101,6 +101,7 @@ def main(args: argparse.Namespace) -> None:
         "checkpoint": str(checkpoint),
         "checkpoint_fingerprint": file_digest(checkpoint / "model.pt"),
         "checkpoint_seed": checkpoint_config["seed"],
+        "training": checkpoint_config["training"],
         "projection": projector.spec(),
         "splits": list(args.splits),
     }

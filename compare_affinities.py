@@ -20,9 +20,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import numpy as np
-
 from data import read_planted_groups
+from gradtag.affinity import fill_uncovered
 from gradtag.artifacts import UsageError, check_compatible, read_json, read_results, run_main, write_json
 from gradtag.clustering import cluster, prepare_affinity
 from gradtag.evaluation import adjusted_rand, comparison_report, group_effect, seed_ceiling
@@ -50,13 +49,9 @@ def load_side(path: str) -> tuple[list[dict], dict]:
 
 def clustered(records, num_tasks: int, pairwise: bool, k: int, seed: int) -> list[list[int]]:
     affinity, _ = affinity_matrix(records, num_tasks, pairwise)
-    missing = ~np.isfinite(affinity)
-    if missing.all(axis=1).any():
-        raise UsageError("a task is in no scored subset; its affinities are unknown, so it cannot be clustered")
-    if missing.any():
-        # pairs no subset covers: give them the row's mean, i.e. no evidence either way
-        print(f"note: {int(missing.sum())} entries of T have no covering subset; clustering uses their row means")
-        affinity = np.where(missing, np.nanmean(affinity, axis=1, keepdims=True), affinity)
+    affinity, filled = fill_uncovered(affinity)
+    if filled:
+        print(f"note: {filled} entries of T have no covering subset; clustering uses their row means")
     return cluster(prepare_affinity(affinity), k, "sdp", seed).groups
 
 

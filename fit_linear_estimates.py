@@ -41,7 +41,7 @@ from gradtag.gradients import flat_params, set_flat_params
 from gradtag.projection import Projector
 from gradtag.regression import SOLVERS, fit_subsets, linearized_logits, mean_bce, prepare_tasks
 from gradtag.scores import SCORES, is_pairwise, save_affinity, score_records
-from gradtag.training import binary_f1, evaluate, load_checkpoint
+from gradtag.training import binary_f1, class_weights, evaluate, load_checkpoint
 
 EVAL_MODES = ("linearized", "reconstructed")
 
@@ -50,7 +50,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--gradients", nargs="+", required=True, help="step-2 folders, one per meta-initialization (M of them)")
     parser.add_argument("--subsets-file", required=True, help="sampled_tasks file: one subset of task indices per line")
-    parser.add_argument("--l2", type=float, default=0.1, help="L2 strength λ of the regression (mean-normalised losses)")
+    parser.add_argument(
+        "--l2", type=float, default=0.01, help="L2 strength λ of the regression (on mean-normalised per-task losses)"
+    )
     parser.add_argument(
         "--solver", default="newton-cg", choices=SOLVERS, help="exact Newton (-cg: matrix-free) or one Newton step from w=0"
     )
@@ -164,11 +166,15 @@ def main(args: argparse.Namespace) -> None:
                 )
         train = data["train"]
         stand_in = train["gradients"][needed[0]]  # tasks outside every subset are never read; keep shapes valid
+        labels = [y if y is not None else np.zeros(len(stand_in)) for y in train["labels"]]
+        # the regression minimises the loss the base model was trained with: class-balanced if it was
+        balanced = config.get("training", {}).get("balanced", False)
         task_data = prepare_tasks(
             [g if g is not None else stand_in for g in train["gradients"]],
             [o if o is not None else np.zeros(len(stand_in)) for o in train["outputs"]],
-            [y if y is not None else np.zeros(len(stand_in)) for y in train["labels"]],
+            labels,
             device=device,
+            row_weights_list=[class_weights(y[:, None] > 0.5, np.ones((len(y), 1), bool), balanced)[:, 0] for y in labels],
         )
         fit = fit_subsets(task_data, subsets, args.l2, solver=args.solver, batch_size=args.batch_size)
         if not bool(fit.converged.all()):

@@ -158,7 +158,8 @@ def train_config(args, dataset) -> TrainConfig:
     """Training settings from the flags; unset ones take the dataset's recommended value (fine-tuning: 50 steps)."""
     fixed_steps = args.fixed_steps if args.fixed_steps is not None else (50 if args.init_from else None)
     weight_decay = args.weight_decay if args.weight_decay is not None else dataset.recommended.get("weight_decay", 0.0)
-    return TrainConfig(args.epochs, args.lr, weight_decay, args.batch_size, args.patience, fixed_steps, args.eval_every)
+    balanced = args.balanced if args.balanced is not None else dataset.recommended.get("balanced", False)
+    return TrainConfig(args.epochs, args.lr, weight_decay, args.batch_size, args.patience, fixed_steps, args.eval_every, balanced)
 
 
 def fine_tuning_start(args, dataset, device, options: dict) -> tuple[dict | None, dict | None, dict]:

@@ -36,10 +36,13 @@ DATASETS = {
     # The embedded default. Chosen so that true affinities have structure (see README, "the embedded default"):
     # tasks are near-copies of a group core, per-task training sets are tiny (3% of a ~200-node community, about 6
     # positives), features are weak (16 eigenvectors + 16 noise columns), and the model's last shared layer is as
-    # narrow as the number of groups, so tasks must compete for it and same-group partners help.
+    # narrow as the number of groups, so tasks must compete for it and same-group partners help. Training is
+    # class-balanced with a strong weight decay so that θ* does not memorise its ~6 positives per task: a θ* that fits
+    # its training nodes exactly leaves every per-task gradient near zero, and then neither fine-tuning nor the
+    # linear estimate has anything to tell subsets apart (benchmarks/vet_planted.py measures this).
     "planted": dict(
         kind="planted",
-        recommended=dict(hop_width=16, head_width=4, weight_decay=1e-3),
+        recommended=dict(hop_width=16, head_width=4, weight_decay=1e-2, balanced=True),
         defaults=dict(
             num_tasks=20,
             train_frac=0.03,
@@ -54,7 +57,7 @@ DATASETS = {
             planted_degree=10.0,
             planted_within=0.8,
             planted_core_within=0.7,
-            planted_seed=0,
+            planted_seed=1,  # vetted: passes benchmarks/vet_planted.py (see README)
         ),
     ),
     **{name: _snap(name) for name in ("youtube", "amazon", "dblp", "livejournal", "orkut")},

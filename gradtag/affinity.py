@@ -130,3 +130,18 @@ def groups_to_labels(groups: Sequence[Sequence[int]], n: int) -> np.ndarray:
     free = np.flatnonzero(labels < 0)
     labels[free] = len(groups) + np.arange(len(free))
     return labels
+
+
+def fill_uncovered(T: np.ndarray) -> tuple[np.ndarray, int]:
+    """Give each entry of T that no subset covers (NaN) its row's mean — no evidence either way — for clustering.
+
+    T: (n, n) float. Returns the filled (n, n) float64 matrix and the number of entries filled. Raises
+    :class:`UsageError` when a whole row is NaN (a task in no subset cannot be placed).
+    """
+    T = np.asarray(T, dtype=np.float64)
+    missing = ~np.isfinite(T)
+    if missing.all(axis=1).any():
+        raise UsageError("a task is in no scored subset; its affinities are unknown, so it cannot be clustered")
+    if not missing.any():
+        return T, 0
+    return np.where(missing, np.nanmean(np.where(missing, np.nan, T), axis=1, keepdims=True), T), int(missing.sum())

@@ -80,6 +80,13 @@ def add_training_args(parser: argparse.ArgumentParser) -> None:
         help="stop after this many epochs without a better validation score (macro-F1, then loss)",
     )
     group.add_argument(
+        "--balanced",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="weigh each task's positives and negatives equally in the loss (default: the dataset's recommended value; "
+        "planted: on, SNAP: off as in the paper)",
+    )
+    group.add_argument(
         "--eval-every", type=int, default=5, help="epochs between validation checks for early stopping (speed knob)"
     )
     group.add_argument(

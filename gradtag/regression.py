@@ -44,13 +44,16 @@ class TaskData:
     """Training rows of every task, as float64 tensors on one device, with their statistics at ``w = 0``.
 
     gradients[j]: (N_j, d) projected gradients G_j; offsets[j]: (N_j,) base logits o_j; labels[j]: (N_j,) in {0, 1};
-    grad: (n, d) per-task mean-loss gradients g_j; hess: (n, d, d) per-task mean-loss Hessians H_j (see
+    row_weights[j]: (N_j,) non-negative, summing to 1 (uniform 1/N_j: the plain mean; class-balanced when the base model
+    was trained with a balanced loss); grad: (n, d) per-task mean-loss gradients g_j; hess: (n, d, d) per-task
+    mean-loss Hessians H_j (see
     :func:`task_statistics`). Build it with :func:`prepare_tasks`.
     """
 
     gradients: list[torch.Tensor]
     offsets: list[torch.Tensor]
     labels: list[torch.Tensor]
+    row_weights: list[torch.Tensor]
     grad: torch.Tensor
     hess: torch.Tensor
 
@@ -85,29 +88,33 @@ def _as_float64(array, device=None) -> torch.Tensor:
     return torch.as_tensor(array, dtype=torch.float64, device=device)
 
 
-def task_statistics(G_list, offsets_list, labels_list) -> tuple[torch.Tensor, torch.Tensor]:
+def task_statistics(G_list, offsets_list, labels_list, row_weights=None) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-task gradient and Hessian of the mean BCE loss at ``w = 0``, shared by every subset.
 
     G_list[j]: (N_j, d); offsets_list[j]: (N_j,); labels_list[j]: (N_j,) — numpy arrays or tensors, any float dtype.
-    With p_j = σ(o_j):  g_j = G_jᵀ (p_j − y_j) / N_j  and  H_j = G_jᵀ diag(p_j (1 − p_j)) G_j / N_j
-    (the ``1/N_j`` is the per-task mean of the module's objective). Returns ``grad`` (n, d) and ``hess`` (n, d, d),
+    With p_j = σ(o_j) and row weights r_j (default 1/N_j):  g_j = G_jᵀ (r_j (p_j − y_j))  and
+    H_j = G_jᵀ diag(r_j p_j (1 − p_j)) G_j (the weights make each task's loss a (weighted) mean). Returns ``grad``
+    (n, d) and ``hess`` (n, d, d),
     float64, on the device of ``G_list[0]``.
     """
     grads, hessians = [], []
     device = G_list[0].device if isinstance(G_list[0], torch.Tensor) else None
-    for G, offsets, labels in zip(G_list, offsets_list, labels_list, strict=True):
-        G, offsets, labels = (_as_float64(x, device) for x in (G, offsets, labels))
+    if row_weights is None:
+        row_weights = [torch.full((len(G),), 1.0 / len(G), dtype=torch.float64) for G in G_list]
+    for G, offsets, labels, r in zip(G_list, offsets_list, labels_list, row_weights, strict=True):
+        G, offsets, labels, r = (_as_float64(x, device) for x in (G, offsets, labels, r))
         p = torch.sigmoid(offsets)
-        grads.append(G.T @ (p - labels) / len(G))
-        hessians.append((G * (p * (1 - p))[:, None]).T @ G / len(G))
+        grads.append(G.T @ (r * (p - labels)))
+        hessians.append((G * (r * p * (1 - p))[:, None]).T @ G)
     return torch.stack(grads), torch.stack(hessians)
 
 
-def prepare_tasks(G_list, offsets_list, labels_list, device: str | torch.device | None = None) -> TaskData:
+def prepare_tasks(G_list, offsets_list, labels_list, device: str | torch.device | None = None, row_weights_list=None) -> TaskData:
     """Check and convert the training rows of n tasks to float64 tensors on ``device``; compute their statistics.
 
     G_list[j]: (N_j, d) projected gradients; offsets_list[j]: (N_j,) base-model logits; labels_list[j]: (N_j,) binary
-    labels. Raises :class:`UsageError` on mismatched lengths, a varying d, an empty task, labels outside {0, 1} or
+    labels; row_weights_list[j]: (N_j,) non-negative weights of the rows in task j's loss (default uniform; normalised
+    here to sum to 1). Raises :class:`UsageError` on mismatched lengths, a varying d, an empty task, labels outside {0, 1} or
     non-finite values.
     """
     if not (len(G_list) == len(offsets_list) == len(labels_list)) or len(G_list) == 0:
@@ -116,7 +123,7 @@ def prepare_tasks(G_list, offsets_list, labels_list, device: str | torch.device 
         )
     if device is None and isinstance(G_list[0], torch.Tensor):
         device = G_list[0].device
-    gradients, offsets, labels = [], [], []
+    gradients, offsets, labels, row_weights = [], [], [], []
     dim = None
     for task, (G, o, y) in enumerate(zip(G_list, offsets_list, labels_list, strict=True)):
         G, o, y = (_as_float64(x, device) for x in (G, o, y))
@@ -132,11 +139,15 @@ def prepare_tasks(G_list, offsets_list, labels_list, device: str | torch.device 
             raise UsageError(f"task {task}: gradients or offsets hold NaN or inf; recompute step 2")
         if not ((y == 0) | (y == 1)).all():
             raise UsageError(f"task {task}: labels must be 0 or 1")
+        r = torch.ones_like(y) if row_weights_list is None else _as_float64(row_weights_list[task], device)
+        if r.shape != y.shape or not (r >= 0).all() or not r.sum() > 0:
+            raise UsageError(f"task {task}: row weights must be (N,), non-negative and not all zero")
         gradients.append(G)
         offsets.append(o)
         labels.append(y)
-    grad, hess = task_statistics(gradients, offsets, labels)
-    return TaskData(gradients, offsets, labels, grad, hess)
+        row_weights.append(r / r.sum())
+    grad, hess = task_statistics(gradients, offsets, labels, row_weights)
+    return TaskData(gradients, offsets, labels, row_weights, grad, hess)
 
 
 def check_subsets(subsets: Sequence[Sequence[int]], n_tasks: int) -> list[tuple[int, ...]]:
@@ -175,11 +186,11 @@ def _loss_grad(data: TaskData, subsets: list[tuple[int, ...]], W: torch.Tensor, 
     loss = 0.5 * l2 * (W * W).sum(1)
     grad = l2 * W.clone()
     for task, (rows, weight) in _holders(subsets, W.device).items():
-        G, o, y = data.gradients[task], data.offsets[task], data.labels[task]
+        G, o, y, r = data.gradients[task], data.offsets[task], data.labels[task], data.row_weights[task]
         z = o[:, None] + G @ W[rows].T  # (N_j, k): one column per subset holding the task
         bce = torch.logaddexp(z, torch.zeros_like(z)) - y[:, None] * z
-        loss.index_add_(0, rows, weight * bce.mean(0))
-        grad.index_add_(0, rows, weight[:, None] * ((torch.sigmoid(z) - y[:, None]).T @ G) / len(G))
+        loss.index_add_(0, rows, weight * (r @ bce))
+        grad.index_add_(0, rows, weight[:, None] * ((r[:, None] * (torch.sigmoid(z) - y[:, None])).T @ G))
     return loss, grad
 
 
@@ -190,7 +201,7 @@ def _hessian(data: TaskData, subsets: list[tuple[int, ...]], W: torch.Tensor, l2
     for task, (rows, weight) in _holders(subsets, W.device).items():
         G, o = data.gradients[task], data.offsets[task]
         p = torch.sigmoid(o[:, None] + G @ W[rows].T)
-        s = p * (1 - p) * (weight / len(G))  # (N_j, k) curvature weights, task weight folded in
+        s = p * (1 - p) * data.row_weights[task][:, None] * weight  # (N_j, k) curvature weights, task weight folded in
         chunk = max(1, _GRAM_CHUNK // (len(G) * d))
         for start in range(0, len(rows), chunk):
             part = s[:, start : start + chunk]
@@ -226,12 +237,12 @@ def _lu_solve(factors, rhs: torch.Tensor) -> torch.Tensor:
 
 
 def _curvature(data: TaskData, subsets: list[tuple[int, ...]], W: torch.Tensor):
-    """Per task: (rows, G_j, c) with c = p(1 − p) / (|S| N_j) at W (k, d), (N_j, k_j): ∇²L_S = Σ_j G_jᵀ diag(c) G_j + λI."""
+    """Per task: (rows, G_j, c) with c = r_j p(1 − p) / |S| at W (k, d), (N_j, k_j): ∇²L_S = Σ_j G_jᵀ diag(c) G_j + λI."""
     curvature = []
     for task, (rows, weight) in _holders(subsets, W.device).items():
         G, o = data.gradients[task], data.offsets[task]
         p = torch.sigmoid(o[:, None] + G @ W[rows].T)
-        curvature.append((rows, G, p * (1 - p) * (weight / len(G))))
+        curvature.append((rows, G, p * (1 - p) * data.row_weights[task][:, None] * weight))
     return curvature
 
 
@@ -406,11 +417,11 @@ def linearized_losses(G_val_list, offsets_val_list, labels_val_list, subsets: Se
 
 
 def _subset_rows(data: TaskData, subset: Sequence[int]):
-    """Stacked numpy rows of a subset with per-row weights 1/(|S| N_j), so the weights sum to 1."""
+    """Stacked numpy rows of a subset with per-row weights r_ji / |S|, so the weights sum to 1."""
     G = np.concatenate([data.gradients[j].cpu().numpy() for j in subset])
     offsets = np.concatenate([data.offsets[j].cpu().numpy() for j in subset])
     labels = np.concatenate([data.labels[j].cpu().numpy() for j in subset])
-    weights = np.concatenate([np.full(len(data.gradients[j]), 1.0 / (len(subset) * len(data.gradients[j]))) for j in subset])
+    weights = np.concatenate([data.row_weights[j].cpu().numpy() / len(subset) for j in subset])
     return G, offsets, labels, weights
 
 

@@ -20,16 +20,36 @@ from gradtag.artifacts import UsageError, atomic_path, check_compatible, read_js
 from models import build_model
 
 
-def masked_bce(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean over tasks of the mean BCE over each task's masked samples.
+def masked_bce(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Mean over tasks of each task's weighted mean BCE over its own samples.
 
-    logits, labels, mask: (B, n). Entries with ``mask == False`` contribute nothing (not even through the mean);
-    tasks without any masked sample in the batch are skipped.
+    logits, labels, weights: (B, n). ``weights`` is 0 for every (sample, task) entry that is not a training sample of
+    the task (a boolean mask works: plain means) and may weigh classes (see :func:`class_weights`); entries of weight 0
+    contribute nothing, not even through the mean. Tasks without any weighted sample in the batch are skipped.
     """
-    losses = F.binary_cross_entropy_with_logits(logits, labels, reduction="none") * mask
-    counts = mask.sum(dim=0)
-    present = counts > 0
-    return (losses.sum(dim=0)[present] / counts[present]).mean()
+    weights = weights.to(logits.dtype)
+    losses = F.binary_cross_entropy_with_logits(logits, labels, reduction="none") * weights
+    totals = weights.sum(dim=0)
+    present = totals > 0
+    return (losses.sum(dim=0)[present] / totals[present]).mean()
+
+
+def class_weights(labels: np.ndarray, mask: np.ndarray, balanced: bool) -> np.ndarray:
+    """Per (sample, task) loss weights (N, n) float32: 0 off ``mask``; on it 1, or with ``balanced`` each class of a
+    task weighted so that positives and negatives carry equal total weight (mean weight 1 over the task's samples).
+
+    With 10% positives, an unweighted model that predicts every node negative is a strong optimum, thresholded F1
+    collapses, and an under-fitted model predicts no positive at all; balancing keeps the logit-0 threshold meaningful.
+    """
+    weights = mask.astype(np.float32)
+    if balanced:
+        positives = (labels & mask).sum(axis=0)
+        negatives = (~labels & mask).sum(axis=0)
+        total = positives + negatives
+        weights = (
+            np.where(labels, total / np.maximum(2 * positives, 1), total / np.maximum(2 * negatives, 1)).astype(np.float32) * mask
+        )
+    return weights
 
 
 def binary_f1(predicted: np.ndarray, truth: np.ndarray) -> float:
@@ -101,6 +121,7 @@ class TrainConfig:
     patience: int = 200
     fixed_steps: int | None = None
     eval_every: int = 5
+    balanced: bool = False
 
 
 def train_model(
@@ -121,8 +142,9 @@ def train_model(
     stops after ``patience`` epochs without improvement.
     """
     generator = torch.Generator().manual_seed(seed)
-    train_mask = torch.as_tensor(dataset.masks["train"][:, tasks])
-    nodes = torch.as_tensor(np.flatnonzero(train_mask.any(dim=1).numpy()))
+    train_mask = dataset.masks["train"][:, tasks]
+    weights = torch.as_tensor(class_weights(dataset.labels[:, tasks], train_mask, config.balanced))
+    nodes = torch.as_tensor(np.flatnonzero(train_mask.any(axis=1)))
     labels = torch.as_tensor(dataset.labels[:, tasks], dtype=torch.float32)
     task_index = torch.as_tensor(tasks, device=device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
@@ -135,7 +157,7 @@ def train_model(
         for start in range(0, len(order), config.batch_size):
             batch = order[start : start + config.batch_size]
             logits = model(dataset.features[batch].to(device))[:, task_index]
-            loss = masked_bce(logits, labels[batch].to(device), train_mask[batch].to(device))
+            loss = masked_bce(logits, labels[batch].to(device), weights[batch].to(device))
             if config.weight_decay:
                 loss = loss + config.weight_decay / 2 * l2_penalty(model, task_index)
             optimizer.zero_grad()

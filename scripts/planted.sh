@@ -10,7 +10,7 @@ PROJECT_DIM=200   # d
 SUBSETS=200       # m sampled subsets ...
 SUBSET_SIZE=5     # ... of size alpha = n/4
 K=4               # groups to find
-L2=0.1            # regression L2 strength
+L2=0.01           # regression L2 strength
 RUN=all_seed${SEED}
 SUBSETS_FILE=sampled_tasks/${DATASET}_m${SUBSETS}_a${SUBSET_SIZE}_s${SEED}.txt
 NAME=$(basename "$SUBSETS_FILE" .txt)

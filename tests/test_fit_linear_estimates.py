@@ -120,7 +120,14 @@ def test_linearized_loss_equals_a_direct_recomputation(folders, tmp_path):
     rows = by_key(read_results(tmp_path / "tri_estimate.csv"))
 
     train = [load_split(folders.grads[0], task, "train") for task in range(4)]
-    weights = fit_subsets(prepare_tasks(*zip(*train, strict=True)), TRIPLES, l2).weights.numpy()  # (m, d)
+    balanced = read_json(folders.grads[0] / "config.json")["training"]["balanced"]
+    assert balanced  # the planted default trains class-balanced, so the regression must weigh rows the same way
+    row_weights = []
+    for _, _, labels in train:
+        positives = labels > 0.5
+        row_weights.append(np.where(positives, 1 / positives.sum(), 1 / (~positives).sum()))
+    task_data = prepare_tasks(*zip(*train, strict=True), row_weights_list=row_weights)
+    weights = fit_subsets(task_data, TRIPLES, l2).weights.numpy()  # (m, d)
     assert np.abs(weights).max() > 1e-3  # a real step away from θ*, so the check below is not the base loss
     for index, subset in enumerate(TRIPLES):
         for task in subset:

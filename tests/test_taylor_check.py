@@ -118,7 +118,9 @@ def test_taylor_check_end_to_end_writes_json(tmp_path, tiny_checkpoint, capsys):
     for key in ("dataset", "dataset_fingerprint", "checkpoint", "checkpoint_fingerprint", "subsets", "steps", "training"):
         assert key in written, key
     assert written["steps"] == [5, 15, 40]
-    assert written["training"]["weight_decay"] == 1e-3  # the checkpoint's recorded setting (planted recommended)
+    recorded = json.loads((tiny_checkpoint / "config.json").read_text())["training"]
+    for key in ("weight_decay", "balanced", "lr"):  # fine-tuning inherits the checkpoint's recorded settings
+        assert written["training"][key] == recorded[key], key
     assert len(written["subsets"]) == 2 and all(len(subset) == 2 for subset in written["subsets"])
     assert len(written["rows"]) == 6 and [row["steps"] for row in written["averages"]] == [5, 15, 40]
     for row in written["rows"]:
