@@ -14,12 +14,14 @@ HEAD_WIDTH=${HEAD_WIDTH:-4}
 SUBSETS=${SUBSETS:-200}          # m (200 of size 5 cover every pair of 20 tasks about 10 times)
 SUBSET_SIZE=${SUBSET_SIZE:-5}    # alpha
 K=${K:-5}                        # groups
+EPOCHS=${EPOCHS:-300}            # early stopping usually ends training well before
+BASELINES=${BASELINES:-1}        # 0 skips the STL / MTL baselines (STL trains one model per task)
 PROJECT_DIM=200
 L2=0.01
 SEED=0
 RUN=all_seed${SEED}
 DATA=(--dataset "$DATASET" --data-dir "$DATA_DIR" --num-tasks "$NUM_TASKS")
-MODEL=(--hop-width "$HOP_WIDTH" --head-width "$HEAD_WIDTH")
+MODEL=(--hop-width "$HOP_WIDTH" --head-width "$HEAD_WIDTH" --epochs "$EPOCHS" --patience 50)
 SUBSETS_FILE=sampled_tasks/${DATASET}_m${SUBSETS}_a${SUBSET_SIZE}_s${SEED}.txt
 NAME=$(basename "$SUBSETS_FILE" .txt)
 EXTRA=("$@")
@@ -37,8 +39,13 @@ step truth_finetune python train_multitask.py "${DATA[@]}" "${MODEL[@]}" --subse
 step compare python compare_affinities.py --estimated results/${NAME}_estimate.csv --trained results/${NAME}_finetune.csv --k "$K"
 step cluster python run_clustering.py --affinity results/${NAME}_estimate_higher_order.npy --k "$K" \
     --out results/${DATASET}_groups.txt --overwrite
-step grouped_training python train_multitask.py "${DATA[@]}" "${MODEL[@]}" --subsets-file results/${DATASET}_groups.txt \
-    --baselines --seed $SEED --overwrite "${EXTRA[@]}"
+if [ "$BASELINES" = 1 ]; then
+    step grouped_training python train_multitask.py "${DATA[@]}" "${MODEL[@]}" --subsets-file results/${DATASET}_groups.txt \
+        --baselines --seed $SEED --overwrite "${EXTRA[@]}"
+    SUMMARY=(--training results/${DATASET}_groups_scratch_summary.json)
+else
+    SUMMARY=()
+fi
 
-python pipeline_summary.py --groups results/${DATASET}_groups.json --training results/${DATASET}_groups_scratch_summary.json \
+python pipeline_summary.py --groups results/${DATASET}_groups.json "${SUMMARY[@]}" \
     --comparison results/${NAME}_finetune_report.json --times "${TIMES[@]}"
