@@ -86,18 +86,9 @@ def labels_to_groups(labels: Sequence[int]) -> list[list[int]]:
 
 def groups_to_labels(groups: Sequence[Sequence[int]], n: int) -> np.ndarray:
     """Groups -> labels ``(n,)`` int64 (label = position of the group); raises ValueError unless a partition of 0..n-1."""
-    labels = np.full(n, -1, dtype=np.int64)
-    for label, group in enumerate(groups):
-        for task in group:
-            if not 0 <= task < n:
-                raise ValueError(f"task {task} is out of range 0..{n - 1}")
-            if labels[task] != -1:
-                raise ValueError(f"task {task} is in more than one group")
-            labels[task] = label
-    missing = np.flatnonzero(labels == -1)
-    if missing.size:
-        raise ValueError(f"task {int(missing[0])} is in no group")
-    return labels
+    if sorted(task for group in groups for task in group) != list(range(n)):
+        raise ValueError(f"the groups are not a partition of tasks 0..{n - 1}: every task must be in exactly one group")
+    return affinity.groups_to_labels(groups, n)
 
 
 def average_density(T: np.ndarray, groups: Sequence[Sequence[int]]) -> float:
