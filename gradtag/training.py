@@ -139,7 +139,7 @@ def train_model(
     training sample of a listed task, so the logits of other tasks receive no gradient. With
     ``config.fixed_steps`` the model takes exactly that many optimiser steps and keeps the last weights; otherwise it
     keeps the weights of the best validation epoch (macro-F1, then loss; checked every ``eval_every`` epochs) and
-    stops after ``patience`` epochs without improvement.
+    stops after ``patience`` epochs in which neither that score nor the validation loss improved.
     """
     generator = torch.Generator().manual_seed(seed)
     train_mask = dataset.masks["train"][:, tasks]
@@ -149,6 +149,9 @@ def train_model(
     task_index = torch.as_tensor(tasks, device=device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     best_key, best_state, best_epoch, steps, epoch = None, None, 0, 0, 0
+    # patience counts from the last gain in either the selection key or the validation loss: under class imbalance
+    # macro-F1 can sit at 0 for many epochs while the model is still learning (the loss keeps falling)
+    best_loss, last_progress = float("inf"), 0
     max_epochs = config.epochs if config.fixed_steps is None else 10**9
     bar = tqdm(total=config.fixed_steps or config.epochs, desc="train", disable=not progress, leave=False)
     for epoch in range(max_epochs):
@@ -177,9 +180,11 @@ def train_model(
             continue
         scores = evaluate(model, dataset, tasks, device, splits=("val",))["val"]
         key = (scores["macro_f1"], -scores["mean_loss"])
+        if scores["mean_loss"] < best_loss:
+            best_loss, last_progress = scores["mean_loss"], epoch
         if best_key is None or key > best_key:
             best_key, best_state, best_epoch = key, copy.deepcopy(model.state_dict()), epoch
-        elif epoch - best_epoch >= config.patience:
+        elif epoch - max(best_epoch, last_progress) >= config.patience:
             break
     bar.close()
     if best_state is not None:

@@ -21,7 +21,8 @@ L2=0.01
 SEED=0
 RUN=all_seed${SEED}
 DATA=(--dataset "$DATASET" --data-dir "$DATA_DIR" --num-tasks "$NUM_TASKS")
-MODEL=(--hop-width "$HOP_WIDTH" --head-width "$HEAD_WIDTH" --epochs "$EPOCHS" --patience 50)
+# class-balanced loss and weight decay keep θ* from memorising its training nodes (see README, the embedded default)
+MODEL=(--hop-width "$HOP_WIDTH" --head-width "$HEAD_WIDTH" --epochs "$EPOCHS" --patience 50 --balanced --weight-decay 1e-2)
 SUBSETS_FILE=sampled_tasks/${DATASET}_m${SUBSETS}_a${SUBSET_SIZE}_s${SEED}.txt
 NAME=$(basename "$SUBSETS_FILE" .txt)
 EXTRA=("$@")
