@@ -34,6 +34,7 @@ from gradtag.artifacts import (
     write_json,
 )
 from gradtag.cli import add_folder_args, add_run_args, parse_tasks, resolve_device
+from gradtag.flops import count_flops, format_flops
 from gradtag.gradients import collect_projected_gradients, num_trainable_params
 from gradtag.projection import KINDS, Projector
 from gradtag.training import load_checkpoint
@@ -117,6 +118,21 @@ def main(args: argparse.Namespace) -> None:
     tasks = [task for task in parse_tasks(args.tasks, dataset.num_tasks) if task % args.num_shards == args.shard_id]
     todo = [task for task in tasks if not task_done(folder, task, args.splits)]
     start = time.perf_counter()
+    with count_flops() as flops:
+        collect_tasks(args, dataset, model, projector, folder, todo, device)
+    seconds = time.perf_counter() - start
+    cost_path = folder / f"cost_shard{args.shard_id}of{args.num_shards}.json"
+    if todo:  # seconds and FLOPs of this shard, summed over resumed runs
+        previous = read_json(cost_path) if cost_path.is_file() else {"seconds": 0.0, "flops": 0}
+        write_json(cost_path, {"seconds": previous["seconds"] + seconds, "flops": previous["flops"] + flops.total})
+    print(
+        f"projected gradients (p={projector.num_params} -> d={args.project_dim}) of {len(todo)} tasks "
+        f"({len(tasks) - len(todo)} already done) in {seconds:.1f}s ({format_flops(flops.total)}); wrote {folder}"
+    )
+
+
+def collect_tasks(args, dataset, model, projector, folder: Path, todo: list[int], device) -> None:
+    """Compute and save the projected gradients, base logits, labels and nodes of every task in ``todo``, per split."""
     for first in range(0, len(todo), args.task_chunk):
         chunk = todo[first : first + args.task_chunk]
         pieces = [(task, split, dataset.samples(task, split)) for task in chunk for split in args.splits]
@@ -141,11 +157,6 @@ def main(args: argparse.Namespace) -> None:
             save_npy(gradient_file(folder, task, split, "labels"), dataset.labels[samples, task].astype(np.float32))
             # nodes last: a task counts as done only once every file of it is on disk
             save_npy(gradient_file(folder, task, split, "nodes"), samples.astype(np.int64))
-    seconds = time.perf_counter() - start
-    print(
-        f"projected gradients (p={projector.num_params} -> d={args.project_dim}) of {len(todo)} tasks "
-        f"({len(tasks) - len(todo)} already done) in {seconds:.1f}s; wrote {folder}"
-    )
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from gradtag.affinity import fill_uncovered
 from gradtag.artifacts import UsageError, check_compatible, read_json, read_results, run_main, write_json
 from gradtag.clustering import cluster, prepare_affinity
 from gradtag.evaluation import adjusted_rand, comparison_report, group_effect, seed_ceiling
+from gradtag.flops import format_flops
 from gradtag.scores import SCORES, affinity_matrix, is_pairwise, records_by_seed, score_records
 
 
@@ -58,7 +59,7 @@ def clustered(records, num_tasks: int, pairwise: bool, k: int, seed: int) -> lis
 def truth_report(rows, meta, score: str, num_tasks: int, planted, k, seed) -> dict:
     records = score_records(rows, score)
     subsets = [tuple(subset) for subset in meta["subsets"]]
-    report = {"seeds": sorted({row["seed"] for row in rows}), "seconds": meta.get("seconds")}
+    report = {"seeds": sorted({row["seed"] for row in rows}), "seconds": meta.get("seconds"), "flops": meta.get("flops")}
     per_seed = records_by_seed(rows, score)
     if len(per_seed) >= 2:
         report["seed_ceiling_spearman_per_task"] = seed_ceiling(list(per_seed.values())).mean
@@ -107,6 +108,8 @@ def main(args: argparse.Namespace) -> None:
                 report["by_score"][score]["estimate_ari_vs_planted"] = adjusted_rand(est_groups, planted, num_tasks)
     if estimate:
         report["estimate_seconds"] = estimate[1].get("seconds")
+        report["estimate_flops"] = estimate[1].get("flops")
+        report["estimate_one_off"] = estimate[1].get("one_off")
     out = Path(args.out) if args.out else Path(args.trained[0]).with_name(Path(args.trained[0]).stem + "_report.json")
     write_json(out, report)
     print_table(report, lines)
@@ -146,8 +149,29 @@ def print_table(report: dict, lines: list[str]) -> None:
     for score, entry in report["by_score"].items():
         if "estimate_ari_vs_planted" in entry:
             print(f"ARI of the clustered estimate ({score}) vs planted: {entry['estimate_ari_vs_planted']:.3f}")
-    if report.get("estimate_seconds") is not None:
-        print(f"estimate wall time: {report['estimate_seconds']:.2f}s (step 3 only)")
+    print_costs(report)
+
+
+def print_costs(report: dict) -> None:
+    """Wall time and FLOPs (``gradtag.flops``) of the estimate, its one-off base cost, and each truth, with ratios."""
+    if report.get("estimate_seconds") is None:
+        return
+    one_off = report.get("estimate_one_off") or {}
+    sides = [("estimate (step 3)", report["estimate_seconds"], report.get("estimate_flops"))]
+    sides.append(("one-off: θ* + gradients (steps 1-2)", one_off.get("seconds"), one_off.get("flops")))
+    first = next(iter(report["by_score"].values()))["truths"]
+    sides += [(f"truth {Path(path).stem}", entry.get("seconds"), entry.get("flops")) for path, entry in first.items()]
+    print("| side | seconds | FLOPs | truth / estimate (s) | truth / estimate (FLOPs) |")
+    print("|---|---|---|---|---|")
+    est_seconds, est_flops = sides[0][1], sides[0][2]
+    for index, (name, seconds, flops) in enumerate(sides):
+        ratio_s = ratio_f = "–"
+        if index >= 2 and seconds and est_seconds:
+            ratio_s = f"{seconds / est_seconds:.1f}x"
+        if index >= 2 and flops and est_flops:
+            ratio_f = f"{flops / est_flops:.1f}x"
+        shown = "–" if seconds is None else f"{seconds:.2f}"
+        print(f"| {name} | {shown} | {format_flops(flops)} | {ratio_s} | {ratio_f} |")
 
 
 if __name__ == "__main__":

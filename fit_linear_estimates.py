@@ -37,6 +37,7 @@ from gradtag.artifacts import (
     write_results,
 )
 from gradtag.cli import add_folder_args, add_run_args, resolve_device
+from gradtag.flops import count_flops, format_flops
 from gradtag.gradients import flat_params, set_flat_params
 from gradtag.projection import Projector
 from gradtag.regression import SOLVERS, fit_subsets, linearized_logits, mean_bce, prepare_tasks
@@ -99,6 +100,22 @@ def check_folders(folders: list[Path]) -> list[dict]:
     return configs
 
 
+def one_off_cost(folders: list[Path], configs: list[dict]) -> dict:
+    """Seconds and FLOPs spent before step 3 on the base models: training θ* (step 1) and projecting gradients (step 2).
+
+    Read from each checkpoint's metrics.json and each gradient folder's cost_shard*.json; None when a file lacks them.
+    """
+    seconds, flops = 0.0, 0
+    for folder, config in zip(folders, configs, strict=True):
+        costs = [read_json(Path(config["checkpoint"]) / "metrics.json")] if Path(config["checkpoint"]).is_dir() else []
+        costs += [read_json(path) for path in sorted(folder.glob("cost_shard*.json"))]
+        if len(costs) < 2 or any("flops" not in cost for cost in costs):
+            return {"seconds": None, "flops": None}
+        seconds += sum(cost["seconds"] for cost in costs)
+        flops += sum(cost["flops"] for cost in costs)
+    return {"seconds": seconds, "flops": flops}
+
+
 def linearized_scores(data: dict, subsets, weights: np.ndarray) -> dict:
     """{(subset index, task): {"val_loss", "val_f1", "test_loss", "test_f1"}} from logits o + G ŵ_S (Eq. 4)."""
     scores = {}
@@ -151,7 +168,7 @@ def main(args: argparse.Namespace) -> None:
     subsets = read_subsets(args.subsets_file, num_tasks)
     needed = sorted({task for subset in subsets for task in subset})
     start = time.perf_counter()
-    per_base = []
+    per_base, total_flops = [], 0
     for folder, config in zip(folders, configs, strict=True):
         data = load_gradient_folder(folder, ("train", "val", "test"), num_tasks)
         missing = [task for task in needed if data["train"]["gradients"][task] is None]
@@ -169,21 +186,23 @@ def main(args: argparse.Namespace) -> None:
         labels = [y if y is not None else np.zeros(len(stand_in)) for y in train["labels"]]
         # the regression minimises the loss the base model was trained with: class-balanced if it was
         balanced = config.get("training", {}).get("balanced", False)
-        task_data = prepare_tasks(
-            [g if g is not None else stand_in for g in train["gradients"]],
-            [o if o is not None else np.zeros(len(stand_in)) for o in train["outputs"]],
-            labels,
-            device=device,
-            row_weights_list=[class_weights(y[:, None] > 0.5, np.ones((len(y), 1), bool), balanced)[:, 0] for y in labels],
-        )
-        fit = fit_subsets(task_data, subsets, args.l2, solver=args.solver, batch_size=args.batch_size)
+        with count_flops() as flops:
+            task_data = prepare_tasks(
+                [g if g is not None else stand_in for g in train["gradients"]],
+                [o if o is not None else np.zeros(len(stand_in)) for o in train["outputs"]],
+                labels,
+                device=device,
+                row_weights_list=[class_weights(y[:, None] > 0.5, np.ones((len(y), 1), bool), balanced)[:, 0] for y in labels],
+            )
+            fit = fit_subsets(task_data, subsets, args.l2, solver=args.solver, batch_size=args.batch_size)
+            weights = fit.weights.cpu().numpy()
+            if args.eval == "linearized":
+                per_base.append(linearized_scores(data, subsets, weights))
+            else:
+                per_base.append(reconstructed_scores(config, subsets, weights, device, args.data_dir, not args.no_progress))
+        total_flops += flops.total
         if not bool(fit.converged.all()):
             print(f"warning: {int((~fit.converged).sum())} of {len(subsets)} regressions did not converge in {folder}")
-        weights = fit.weights.cpu().numpy()
-        if args.eval == "linearized":
-            per_base.append(linearized_scores(data, subsets, weights))
-        else:
-            per_base.append(reconstructed_scores(config, subsets, weights, device, args.data_dir, not args.no_progress))
     seconds = time.perf_counter() - start
 
     rows = []
@@ -209,6 +228,8 @@ def main(args: argparse.Namespace) -> None:
         "eval": args.eval,
         "score": args.score,
         "seconds": seconds,
+        "flops": total_flops,
+        "one_off": one_off_cost(folders, configs),
         "versions": package_versions(),
     }
     write_results(csv_path, rows)
@@ -217,8 +238,8 @@ def main(args: argparse.Namespace) -> None:
         results_dir / f"{name}_estimate", score_records(rows, args.score), num_tasks, is_pairwise(subsets), meta
     )
     print(
-        f"estimated {len(subsets)} subsets x {len(folders)} base model(s) ({args.eval}, λ={args.l2}) in {seconds:.2f}s; "
-        f"wrote {csv_path} and {matrix}"
+        f"estimated {len(subsets)} subsets x {len(folders)} base model(s) ({args.eval}, λ={args.l2}) in {seconds:.2f}s "
+        f"({format_flops(total_flops)}); wrote {csv_path} and {matrix}"
     )
 
 

@@ -46,6 +46,7 @@ from gradtag.cli import (
     resolve_device,
     seed_everything,
 )
+from gradtag.flops import count_flops, format_flops
 from gradtag.training import TrainConfig, evaluate, load_checkpoint, save_checkpoint, train_model
 from models import build_model
 
@@ -127,11 +128,12 @@ def train_meta_initializations(args, dataset, device, options: dict) -> None:
         model = build_model(args.model, dataset.features.shape[2], dataset.features.shape[1] - 1, dataset.num_tasks, **options)
         model.to(device)
         start = time.perf_counter()
-        summary = train_model(model, dataset, tasks, train_config(args, dataset), device, seed, progress=not args.no_progress)
+        with count_flops() as flops:
+            summary = train_model(model, dataset, tasks, train_config(args, dataset), device, seed, progress=not args.no_progress)
         seconds = time.perf_counter() - start
         metrics = evaluate(model, dataset, tasks, device)
         save_checkpoint(folder, model)
-        write_json(folder / "metrics.json", {"tasks": tasks, "seconds": seconds, **summary, **metrics})
+        write_json(folder / "metrics.json", {"tasks": tasks, "seconds": seconds, "flops": flops.total, **summary, **metrics})
         write_json(
             folder / "config.json", {**base_config(args, dataset, options), "tasks": tasks, "seed": seed, "args": vars(args)}
         )
@@ -179,7 +181,8 @@ def train_subset_models(args, dataset, device, options: dict, subsets, csv_path:
 
     Every subset starts from the same weights: the seed's fresh initialisation, or ``init`` (state, identity) when
     fine-tuning. Rows already in the CSV are skipped, after checking the CSV was made by the same settings.
-    Returns all rows and the seconds this call spent training.
+    The sidecar JSON records the seconds and FLOPs (``gradtag.flops``) spent training and scoring, summed over resumes.
+    Returns all rows and the seconds spent on them.
     """
     init_state, init_identity = init
     mode = "finetune" if init_state is not None else "scratch"
@@ -192,7 +195,7 @@ def train_subset_models(args, dataset, device, options: dict, subsets, csv_path:
         "seed": args.seed,
     }
     sidecar = csv_path.with_suffix(".json")
-    rows, previous_seconds = [], 0.0
+    rows, previous_seconds, previous_flops = [], 0.0, 0
     if csv_path.exists() and not args.overwrite:
         previous = read_json(sidecar)
         check_compatible(
@@ -203,12 +206,27 @@ def train_subset_models(args, dataset, device, options: dict, subsets, csv_path:
                 for key in ("dataset", "dataset_fingerprint", "model_options", "training", "subsets", "mode", "init")
             },
         )
-        rows, previous_seconds = read_results(csv_path), previous.get("seconds", 0.0)
+        rows, previous_seconds, previous_flops = read_results(csv_path), previous.get("seconds", 0.0), previous.get("flops", 0)
     done = {(row["subset_id"], row["seed"]) for row in rows}
     jobs = [(index, seed) for index in range(len(subsets)) for seed in range(args.seed, args.seed + args.truth_seeds)]
     todo = [job for job in jobs if job not in done]
-    write_json(sidecar, {**identity, "args": vars(args), "seconds": previous_seconds})
+    write_json(sidecar, {**identity, "args": vars(args), "seconds": previous_seconds, "flops": previous_flops})
     start = time.perf_counter()
+    with count_flops() as flops:
+        train_each_subset(args, dataset, device, options, subsets, todo, init_state, rows, csv_path)
+    seconds = time.perf_counter() - start
+    total_seconds, total_flops = previous_seconds + seconds, previous_flops + flops.total
+    write_json(sidecar, {**identity, "args": vars(args), "seconds": total_seconds, "flops": total_flops})
+    print(
+        f"{csv_path.stem}: trained {len(todo)} models ({len(jobs) - len(todo)} already done) in {seconds:.1f}s "
+        f"({format_flops(flops.total)}); wrote {csv_path}"
+    )
+    return rows, total_seconds
+
+
+def train_each_subset(args, dataset, device, options: dict, subsets, todo, init_state, rows: list, csv_path) -> None:
+    """Train and score the (subset index, seed) jobs in ``todo``, appending rows and rewriting ``csv_path`` after each."""
+    mode = "finetune" if init_state is not None else "scratch"
     for index, seed in tqdm(todo, desc=f"train {csv_path.stem} ({mode})", disable=args.no_progress):
         subset = list(subsets[index])
         seed_everything(seed)
@@ -224,12 +242,6 @@ def train_subset_models(args, dataset, device, options: dict, subsets, csv_path:
                 {"subset_id": index, "subset": subset_key(subset), "task": task, "seed": seed, **scores, "source": "trained"}
             )
         write_results(csv_path, rows)
-    seconds = time.perf_counter() - start
-    write_json(sidecar, {**identity, "args": vars(args), "seconds": previous_seconds + seconds})
-    print(
-        f"{csv_path.stem}: trained {len(todo)} models ({len(jobs) - len(todo)} already done) in {seconds:.1f}s; wrote {csv_path}"
-    )
-    return rows, previous_seconds + seconds
 
 
 def train_subsets(args, dataset, device, options: dict) -> None:

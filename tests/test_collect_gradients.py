@@ -77,7 +77,9 @@ def checkpoint_and_dataset(checkpoint: Path):
 def test_writes_identity_files_and_consistent_arrays_per_task_and_split(base, workdir):
     model, dataset = checkpoint_and_dataset(base.checkpoint)
     names = {path.name for path in base.grads.iterdir()}
-    assert names == {"projection.json", "config.json"} | npy_names(TASKS, ("train", "val"))  # default splits only
+    assert names == {"projection.json", "config.json", "cost_shard0of1.json"} | npy_names(
+        TASKS, ("train", "val")
+    )  # default splits only
 
     spec = read_json(base.grads / "projection.json")
     assert spec == Projector(num_trainable_params(model), PROJECT_DIM, 0, kind="gaussian").spec()
@@ -135,8 +137,12 @@ def sharded(base, tmp_path_factory):
 
 
 def test_shards_split_tasks_by_index_and_together_match_an_unsharded_run(base, sharded):
-    assert sharded.after_first == {"projection.json", "config.json"} | npy_names((0, 2), ("train", "val"))
-    assert {path.name for path in sharded.folder.iterdir()} == {path.name for path in base.grads.iterdir()}
+    assert sharded.after_first == {"projection.json", "config.json", "cost_shard0of2.json"} | npy_names((0, 2), ("train", "val"))
+    def arrays_and_identity(folder):
+        return {path.name for path in folder.iterdir() if not path.name.startswith("cost_")}
+
+    assert arrays_and_identity(sharded.folder) == arrays_and_identity(base.grads)
+    assert {path.name for path in sharded.folder.glob("cost_*")} == {"cost_shard0of2.json", "cost_shard1of2.json"}
     assert read_json(sharded.folder / "projection.json") == read_json(base.grads / "projection.json")
     for name in npy_names(TASKS, ("train", "val")):
         ours, reference = np.load(sharded.folder / name), np.load(base.grads / name)
@@ -162,6 +168,8 @@ def test_second_run_skips_tasks_already_written(base, workdir, capsys):
     (folder / "task_1_val_nodes.npy").unlink()
     collect(base.checkpoint, folder)
     assert "of 1 tasks (3 already done)" in capsys.readouterr().out
+    cost_before, cost_after = (json.loads(f["cost_shard0of1.json"]) for f in (before, snapshot(folder)))
+    assert 0 < cost_before["flops"] < cost_after["flops"] < 2 * cost_before["flops"]  # one of four tasks added
     assert np.array_equal(np.load(folder / "task_1_val_nodes.npy"), np.load(base.grads / "task_1_val_nodes.npy"))
     np.testing.assert_allclose(
         np.load(folder / "task_1_val_gradients.npy"), np.load(base.grads / "task_1_val_gradients.npy"), rtol=1e-5, atol=1e-6

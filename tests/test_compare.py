@@ -58,8 +58,8 @@ def rows_of(scores: dict, seed: int = 0, source: str = "trained") -> list[dict]:
     ]
 
 
-def write_side(path, rows: list[dict], mode: str, fingerprint: str = FINGERPRINT, seconds: float = 1.5) -> str:
-    """A results CSV and its sidecar JSON, with the identity keys the scripts write."""
+def write_side(path, rows: list[dict], mode: str, fingerprint: str = FINGERPRINT, seconds: float = 1.5, **cost) -> str:
+    """A results CSV and its sidecar JSON, with the identity keys the scripts write (``cost``: flops, one_off)."""
     write_results(path, rows)
     write_json(
         path.with_suffix(".json"),
@@ -70,6 +70,7 @@ def write_side(path, rows: list[dict], mode: str, fingerprint: str = FINGERPRINT
             "subsets": [list(subset) for subset in SUBSETS],
             "mode": mode,
             "seconds": seconds,
+            **cost,
         },
     )
     return str(path)
@@ -85,8 +86,11 @@ def compare(*argv: str) -> dict:
 # ---------------------------------------------------------------------------------------------------------- estimate vs truth
 def test_estimate_equal_to_truth_gives_spearman_1_and_distance_0(tmp_path, capsys):
     scores = truth_scores(0.05, seed=0)
-    truth = write_side(tmp_path / "truth.csv", rows_of(scores), "finetune", seconds=12.0)
-    estimate = write_side(tmp_path / "est.csv", rows_of(scores, source="estimate"), "estimate", seconds=0.25)
+    truth = write_side(tmp_path / "truth.csv", rows_of(scores), "finetune", seconds=12.0, flops=3 * 10**9)
+    one_off = {"seconds": 4.0, "flops": 2 * 10**9}
+    estimate = write_side(
+        tmp_path / "est.csv", rows_of(scores, source="estimate"), "estimate", seconds=0.25, flops=5 * 10**8, one_off=one_off
+    )
     planted = tmp_path / "planted.txt"
     write_subsets(planted, GROUPS)
     out = str(tmp_path / "report.json")
@@ -108,7 +112,9 @@ def test_estimate_equal_to_truth_gives_spearman_1_and_distance_0(tmp_path, capsy
     assert report["estimate_seconds"] == 0.25 and report["by_score"]["loss"]["truths"][truth]["seconds"] == 12.0
     out_text = capsys.readouterr().out
     assert "| score | truth | ρ task/subsets |" in out_text and "| loss | finetune | 1.000 | 1.000 | 1.000 | 0.000 |" in out_text
-    assert "estimate wall time: 0.25s" in out_text and f"wrote {out}" in out_text
+    assert "| estimate (step 3) | 0.25 | 500 MFLOP | – | – |" in out_text
+    assert "| one-off: θ* + gradients (steps 1-2) | 4.00 | 2 GFLOP | – | – |" in out_text
+    assert "| truth truth | 12.00 | 3 GFLOP | 48.0x | 6.0x |" in out_text and f"wrote {out}" in out_text
 
 
 def test_truth_with_two_seeds_reports_its_ceiling_and_is_averaged_over_seeds(tmp_path):

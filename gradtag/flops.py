@@ -1,0 +1,70 @@
+"""Floating-point operation counts of the pipeline's steps, taken by torch's own counter.
+
+``torch.utils.flop_counter.FlopCounterMode`` counts the matrix products (mm, bmm, addmm, convolutions, attention) a
+block of code runs, forward and backward, vmapped or not. The regression's dense solves are added here (LU: 2/3 n³
+per matrix, a triangular pair of solves: 2 n² per right-hand side). Elementwise work (sigmoids, sums) is not counted:
+the figures are a lower bound that is dominated, on both sides of a comparison, by the same kind of work.
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+
+def _batch(shape) -> int:
+    return math.prod(shape[:-2])
+
+
+def _lu_factor_flops(a_shape, *args, out_shape=None, **kwargs) -> int:
+    n = a_shape[-1]
+    return _batch(a_shape) * (2 * n**3 // 3)
+
+
+def _lu_solve_flops(lu_shape, pivots_shape, b_shape, *args, out_shape=None, **kwargs) -> int:
+    n, rhs = lu_shape[-1], b_shape[-1]
+    return _batch(lu_shape) * 2 * n * n * rhs
+
+
+def _solve_flops(a_shape, b_shape, *args, out_shape=None, **kwargs) -> int:
+    n = a_shape[-1]
+    rhs = b_shape[-1] if len(b_shape) == len(a_shape) else 1
+    return _lu_factor_flops(a_shape) + _batch(a_shape) * 2 * n * n * rhs
+
+
+SOLVE_FORMULAS = {
+    torch.ops.aten.linalg_lu_factor_ex: _lu_factor_flops,
+    torch.ops.aten.linalg_lu_solve: _lu_solve_flops,
+    torch.ops.aten._linalg_solve_ex: _solve_flops,
+}
+
+
+@dataclass
+class FlopCount:
+    """Filled in when the ``count_flops`` block ends: ``total`` floating-point operations."""
+
+    total: int = 0
+
+
+@contextmanager
+def count_flops():
+    """``with count_flops() as flops: ...`` then ``flops.total``: matrix-product and solve FLOPs of the block."""
+    counter = FlopCounterMode(display=False, custom_mapping=SOLVE_FORMULAS)
+    result = FlopCount()
+    with counter:
+        yield result
+    result.total = int(counter.get_total_flops())
+
+
+def format_flops(flops: float | None) -> str:
+    """Human-readable count: '3.2 GFLOP'; '–' when unknown."""
+    if flops is None:
+        return "–"
+    for unit, scale in (("PFLOP", 1e15), ("TFLOP", 1e12), ("GFLOP", 1e9), ("MFLOP", 1e6)):
+        if flops >= scale:
+            return f"{flops / scale:.3g} {unit}"
+    return f"{flops:.0f} FLOP"

@@ -1,0 +1,30 @@
+"""FLOP counts: torch's counter for matrix products, our formulas for the regression's dense solves."""
+
+import torch
+
+from gradtag.flops import count_flops, format_flops
+
+
+def test_matrix_product_forward_and_backward_count_2mnk_each():
+    x, w = torch.randn(4, 6), torch.randn(6, 7, requires_grad=True)
+    with count_flops() as flops:
+        (x @ w).sum().backward()
+    assert flops.total == 2 * (2 * 4 * 6 * 7)  # forward, and the weight gradient (x needs none)
+
+
+def test_batched_solve_and_lu_count_the_textbook_formulas():
+    n, batch = 5, 3
+    A = torch.randn(batch, n, n, dtype=torch.float64) + n * torch.eye(n, dtype=torch.float64)
+    b = torch.randn(batch, n, dtype=torch.float64)
+    expected = batch * (2 * n**3 // 3 + 2 * n * n)
+    with count_flops() as solve:
+        torch.linalg.solve(A, b)
+    with count_flops() as lu:
+        factors, pivots, _ = torch.linalg.lu_factor_ex(A)
+        torch.linalg.lu_solve(factors, pivots, b[:, :, None])
+    assert solve.total == expected and lu.total == expected
+
+
+def test_format_flops_picks_a_readable_unit():
+    assert format_flops(None) == "–" and format_flops(512) == "512 FLOP"
+    assert format_flops(3.2e9) == "3.2 GFLOP" and format_flops(5e8) == "500 MFLOP"
