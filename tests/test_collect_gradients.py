@@ -138,6 +138,7 @@ def sharded(base, tmp_path_factory):
 
 def test_shards_split_tasks_by_index_and_together_match_an_unsharded_run(base, sharded):
     assert sharded.after_first == {"projection.json", "config.json", "cost_shard0of2.json"} | npy_names((0, 2), ("train", "val"))
+
     def arrays_and_identity(folder):
         return {path.name for path in folder.iterdir() if not path.name.startswith("cost_")}
 
