@@ -128,12 +128,11 @@ def train_meta_initializations(args, dataset, device, options: dict) -> None:
         model = build_model(args.model, dataset.features.shape[2], dataset.features.shape[1] - 1, dataset.num_tasks, **options)
         model.to(device)
         start = time.perf_counter()
-        with count_flops() as flops:
-            summary = train_model(model, dataset, tasks, train_config(args, dataset), device, seed, progress=not args.no_progress)
+        summary = train_model(model, dataset, tasks, train_config(args, dataset), device, seed, progress=not args.no_progress)
         seconds = time.perf_counter() - start
         metrics = evaluate(model, dataset, tasks, device)
         save_checkpoint(folder, model)
-        write_json(folder / "metrics.json", {"tasks": tasks, "seconds": seconds, "flops": flops.total, **summary, **metrics})
+        write_json(folder / "metrics.json", {"tasks": tasks, "seconds": seconds, **summary, **metrics})
         write_json(
             folder / "config.json", {**base_config(args, dataset, options), "tasks": tasks, "seed": seed, "args": vars(args)}
         )
@@ -212,21 +211,24 @@ def train_subset_models(args, dataset, device, options: dict, subsets, csv_path:
     todo = [job for job in jobs if job not in done]
     write_json(sidecar, {**identity, "args": vars(args), "seconds": previous_seconds, "flops": previous_flops})
     start = time.perf_counter()
-    with count_flops() as flops:
-        train_each_subset(args, dataset, device, options, subsets, todo, init_state, rows, csv_path)
+    flops = train_each_subset(args, dataset, device, options, subsets, todo, init_state, rows, csv_path)
     seconds = time.perf_counter() - start
-    total_seconds, total_flops = previous_seconds + seconds, previous_flops + flops.total
+    total_seconds, total_flops = previous_seconds + seconds, previous_flops + flops
     write_json(sidecar, {**identity, "args": vars(args), "seconds": total_seconds, "flops": total_flops})
     print(
         f"{csv_path.stem}: trained {len(todo)} models ({len(jobs) - len(todo)} already done) in {seconds:.1f}s "
-        f"({format_flops(flops.total)}); wrote {csv_path}"
+        f"({format_flops(flops)}); wrote {csv_path}"
     )
     return rows, total_seconds
 
 
-def train_each_subset(args, dataset, device, options: dict, subsets, todo, init_state, rows: list, csv_path) -> None:
-    """Train and score the (subset index, seed) jobs in ``todo``, appending rows and rewriting ``csv_path`` after each."""
+def train_each_subset(args, dataset, device, options: dict, subsets, todo, init_state, rows: list, csv_path) -> int:
+    """Train and score the (subset index, seed) jobs in ``todo``, appending rows and rewriting ``csv_path`` after each.
+
+    Returns the FLOPs spent: training (``train_model``'s count) and the final validation/test scoring of each model.
+    """
     mode = "finetune" if init_state is not None else "scratch"
+    flops = 0
     for index, seed in tqdm(todo, desc=f"train {csv_path.stem} ({mode})", disable=args.no_progress):
         subset = list(subsets[index])
         seed_everything(seed)
@@ -234,14 +236,17 @@ def train_each_subset(args, dataset, device, options: dict, subsets, todo, init_
         if init_state is not None:
             model.load_state_dict(init_state)
         model.to(device)
-        train_model(model, dataset, subset, train_config(args, dataset), device, seed)
-        metrics = evaluate(model, dataset, subset, device, splits=("val", "test"))
+        flops += train_model(model, dataset, subset, train_config(args, dataset), device, seed)["flops"]
+        with count_flops() as scoring:
+            metrics = evaluate(model, dataset, subset, device, splits=("val", "test"))
+        flops += scoring.total
         for column, task in enumerate(subset):
             scores = {f"{split}_{kind}": metrics[split][kind][column] for split in ("val", "test") for kind in ("f1", "loss")}
             rows.append(
                 {"subset_id": index, "subset": subset_key(subset), "task": task, "seed": seed, **scores, "source": "trained"}
             )
         write_results(csv_path, rows)
+    return flops
 
 
 def train_subsets(args, dataset, device, options: dict) -> None:

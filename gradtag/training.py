@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from gradtag.artifacts import UsageError, atomic_path, check_compatible, read_json
+from gradtag.flops import SampledFlops
 from models import build_model
 
 
@@ -139,7 +140,8 @@ def train_model(
     training sample of a listed task, so the logits of other tasks receive no gradient. With
     ``config.fixed_steps`` the model takes exactly that many optimiser steps and keeps the last weights; otherwise it
     keeps the weights of the best validation epoch (macro-F1, then loss; checked every ``eval_every`` epochs) and
-    stops after ``patience`` epochs in which neither that score nor the validation loss improved.
+    stops after ``patience`` epochs in which neither that score nor the validation loss improved. The summary's
+    ``flops`` counts training steps and validation passes (``gradtag.flops.SampledFlops``).
     """
     generator = torch.Generator().manual_seed(seed)
     train_mask = dataset.masks["train"][:, tasks]
@@ -152,6 +154,7 @@ def train_model(
     # patience counts from the last gain in either the selection key or the validation loss: under class imbalance
     # macro-F1 can sit at 0 for many epochs while the model is still learning (the loss keeps falling)
     best_loss, last_progress = float("inf"), 0
+    step_flops, eval_flops = SampledFlops(), SampledFlops()
     max_epochs = config.epochs if config.fixed_steps is None else 10**9
     bar = tqdm(total=config.fixed_steps or config.epochs, desc="train", disable=not progress, leave=False)
     for epoch in range(max_epochs):
@@ -159,13 +162,14 @@ def train_model(
         order = nodes[torch.randperm(len(nodes), generator=generator)]
         for start in range(0, len(order), config.batch_size):
             batch = order[start : start + config.batch_size]
-            logits = model(dataset.features[batch].to(device))[:, task_index]
-            loss = masked_bce(logits, labels[batch].to(device), weights[batch].to(device))
-            if config.weight_decay:
-                loss = loss + config.weight_decay / 2 * l2_penalty(model, task_index)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
+            with step_flops.measure(len(batch)):
+                logits = model(dataset.features[batch].to(device))[:, task_index]
+                loss = masked_bce(logits, labels[batch].to(device), weights[batch].to(device))
+                if config.weight_decay:
+                    loss = loss + config.weight_decay / 2 * l2_penalty(model, task_index)
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
             steps += 1
             if config.fixed_steps is not None:
                 bar.update()
@@ -178,7 +182,8 @@ def train_model(
         bar.update()
         if epoch % config.eval_every and epoch != max_epochs - 1:
             continue
-        scores = evaluate(model, dataset, tasks, device, splits=("val",))["val"]
+        with eval_flops.measure(1):
+            scores = evaluate(model, dataset, tasks, device, splits=("val",))["val"]
         key = (scores["macro_f1"], -scores["mean_loss"])
         if scores["mean_loss"] < best_loss:
             best_loss, last_progress = scores["mean_loss"], epoch
@@ -189,7 +194,12 @@ def train_model(
     bar.close()
     if best_state is not None:
         model.load_state_dict(best_state)
-    return {"epochs_run": epoch + 1, "steps": steps, "best_epoch": best_epoch if best_state is not None else None}
+    return {
+        "epochs_run": epoch + 1,
+        "steps": steps,
+        "best_epoch": best_epoch if best_state is not None else None,
+        "flops": step_flops.total + eval_flops.total,
+    }
 
 
 # ---------------------------------------------------------------------------------------------------------- checkpoints

@@ -2,7 +2,7 @@
 
 import torch
 
-from gradtag.flops import count_flops, format_flops
+from gradtag.flops import SampledFlops, count_flops, format_flops
 
 
 def test_matrix_product_forward_and_backward_count_2mnk_each():
@@ -28,3 +28,15 @@ def test_batched_solve_and_lu_count_the_textbook_formulas():
 def test_format_flops_picks_a_readable_unit():
     assert format_flops(None) == "–" and format_flops(512) == "512 FLOP"
     assert format_flops(3.2e9) == "3.2 GFLOP" and format_flops(5e8) == "500 MFLOP"
+
+
+def test_sampled_count_of_a_row_linear_block_equals_counting_every_run():
+    w = torch.randn(8, 3, requires_grad=True)
+    batches = [torch.randn(rows, 8) for rows in (32, 32, 32, 7)]  # a short last batch, as in an epoch
+    tally = SampledFlops()
+    with count_flops() as exact:
+        for batch in batches:
+            with tally.measure(len(batch)):
+                (batch @ w).sum().backward()
+    assert tally.total == exact.total == sum(2 * 2 * len(batch) * 8 * 3 for batch in batches)
+    assert SampledFlops().total == 0
