@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -112,6 +113,11 @@ def test_writes_estimate_csv_and_higher_order_affinity(folders, tmp_path, capsys
     assert sidecar["dataset_fingerprint"] == read_json(folders.grads[0] / "config.json")["dataset_fingerprint"]
     meta = read_json(tmp_path / "tri_estimate_higher_order.json")
     assert meta["kind"] == "higher_order" and meta["uncovered_pairs"] == []
+    # cost: step 3's FLOPs and seconds, and the base's steps 1-2 read from its checkpoint and gradient folder
+    base_training = read_json(Path(read_json(folders.grads[0] / "config.json")["checkpoint"]) / "metrics.json")
+    gradients_cost = read_json(folders.grads[0] / "cost_shard0of1.json")
+    assert sidecar["flops"] > 0 and sidecar["seconds"] > 0
+    assert sidecar["one_off"]["flops"] == base_training["flops"] + gradients_cost["flops"] > 0
 
 
 def test_linearized_loss_equals_a_direct_recomputation(folders, tmp_path):
@@ -196,6 +202,8 @@ def test_two_meta_initializations_average_the_single_folder_results(folders, tmp
     T = [np.load(tmp_path / f"{name}_estimate_higher_order.npy") for name in ("both", "seed0", "seed1")]
     np.testing.assert_allclose(T[0], (T[1] + T[2]) / 2, rtol=1e-12)
     assert read_json(tmp_path / "both_estimate.json")["gradients"] == [str(folder) for folder in folders.grads]
+    flops = [read_json(tmp_path / f"{name}_estimate.json")["flops"] for name in ("both", "seed0", "seed1")]
+    assert flops[0] == flops[1] + flops[2]
 
 
 def test_uncovered_pairs_are_warned_about_and_left_nan(folders, tmp_path, capsys):
