@@ -46,7 +46,7 @@ from gradtag.cli import (
     resolve_device,
     seed_everything,
 )
-from gradtag.flops import count_flops, format_flops
+from gradtag.flops import SampledFlops, format_flops
 from gradtag.training import TrainConfig, evaluate, load_checkpoint, save_checkpoint, train_model
 from models import build_model
 
@@ -228,7 +228,7 @@ def train_each_subset(args, dataset, device, options: dict, subsets, todo, init_
     Returns the FLOPs spent: training (``train_model``'s count) and the final validation/test scoring of each model.
     """
     mode = "finetune" if init_state is not None else "scratch"
-    flops = 0
+    flops, scoring = 0, SampledFlops()
     for index, seed in tqdm(todo, desc=f"train {csv_path.stem} ({mode})", disable=args.no_progress):
         subset = list(subsets[index])
         seed_everything(seed)
@@ -237,16 +237,14 @@ def train_each_subset(args, dataset, device, options: dict, subsets, todo, init_
             model.load_state_dict(init_state)
         model.to(device)
         flops += train_model(model, dataset, subset, train_config(args, dataset), device, seed)["flops"]
-        with count_flops() as scoring:
-            metrics = evaluate(model, dataset, subset, device, splits=("val", "test"))
-        flops += scoring.total
+        metrics = evaluate(model, dataset, subset, device, splits=("val", "test"), flops=scoring)
         for column, task in enumerate(subset):
             scores = {f"{split}_{kind}": metrics[split][kind][column] for split in ("val", "test") for kind in ("f1", "loss")}
             rows.append(
                 {"subset_id": index, "subset": subset_key(subset), "task": task, "seed": seed, **scores, "source": "trained"}
             )
         write_results(csv_path, rows)
-    return flops
+    return flops + scoring.total
 
 
 def train_subsets(args, dataset, device, options: dict) -> None:

@@ -7,6 +7,7 @@ macro-F1 over the trained tasks (validation loss breaks ties), or a fixed number
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,8 +71,17 @@ def predict_logits(
     return torch.cat(outputs) if outputs else torch.empty(0, 0)
 
 
-def evaluate(model: torch.nn.Module, dataset, tasks: list[int], device: torch.device, splits=("train", "val", "test")) -> dict:
+def evaluate(
+    model: torch.nn.Module,
+    dataset,
+    tasks: list[int],
+    device: torch.device,
+    splits=("train", "val", "test"),
+    flops: SampledFlops | None = None,
+) -> dict:
     """Per task and split: F1 of the positive class (threshold logit 0) and mean BCE.
+
+    ``flops``, if given, tallies the forward passes (per node scored; see ``gradtag.flops.SampledFlops``).
 
     Returns ``{split: {"f1": (len(tasks),) list, "loss": list, "macro_f1": float, "mean_loss": float,
     "all_positive_macro_f1": float}}``, the last being the trivial predictor's macro-F1 for reference.
@@ -80,7 +90,8 @@ def evaluate(model: torch.nn.Module, dataset, tasks: list[int], device: torch.de
     for split in splits:
         mask = dataset.masks[split][:, tasks]
         nodes = np.flatnonzero(mask.any(axis=1))
-        logits = predict_logits(model, dataset.features, nodes, device)[:, tasks].numpy()
+        with flops.measure(len(nodes)) if flops is not None else contextlib.nullcontext():
+            logits = predict_logits(model, dataset.features, nodes, device)[:, tasks].numpy()
         labels = dataset.labels[nodes][:, tasks]
         f1s, losses = [], []
         for column in range(len(tasks)):

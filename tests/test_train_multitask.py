@@ -10,6 +10,7 @@ import torch
 
 from data import load_dataset
 from gradtag.artifacts import RESULT_COLUMNS, UsageError, read_results
+from gradtag.flops import count_flops
 from gradtag.training import TrainConfig, masked_bce, train_model
 from models import build_model
 from tests.conftest import TINY_PLANTED, TINY_PLANTED_FLAGS, exit_status, run_script
@@ -197,6 +198,12 @@ def test_init_from_fine_tunes_the_checkpoint(tmp_path, workdir, capsys):
     rows = read_results(csv_path)
     assert len(rows) == 4 and any(row["val_loss"] != base_metrics["val"]["loss"][row["task"]] for row in rows)
     assert json.loads(csv_path.with_suffix(".json").read_text())["training"]["fixed_steps"] == 3
+
+    # the recorded FLOPs (counted once per block and extrapolated) equal counting every operation
+    with count_flops() as exact:
+        run(tmp_path, *flags, "--fixed-steps", "7", "--results-name", "steps7")
+    recorded = json.loads((tmp_path / "results" / "steps7.json").read_text())["flops"]
+    assert recorded == exact.total > 0
 
 
 BAD_SUBSET_FILES = {
