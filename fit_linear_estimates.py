@@ -109,13 +109,17 @@ def check_folders(folders: list[Path]) -> list[dict]:
 def one_off_cost(folders: list[Path], configs: list[dict]) -> dict:
     """Seconds and FLOPs spent before step 3 on the base models: training θ* (step 1) and projecting gradients (step 2).
 
-    Read from each checkpoint's metrics.json and each gradient folder's cost_shard*.json; None when a file lacks them.
+    Read from each checkpoint's metrics.json and each gradient folder's cost_shard*.json; None when either is missing
+    or predates cost records.
     """
     seconds, flops = 0.0, 0
     for folder, config in zip(folders, configs, strict=True):
-        costs = [read_json(Path(config["checkpoint"]) / "metrics.json")] if Path(config["checkpoint"]).is_dir() else []
-        costs += [read_json(path) for path in sorted(folder.glob("cost_shard*.json"))]
-        if len(costs) < 2 or any("flops" not in cost for cost in costs):
+        training = Path(config["checkpoint"]) / "metrics.json"
+        shards = sorted(folder.glob("cost_shard*.json"))
+        if not training.is_file() or not shards:
+            return {"seconds": None, "flops": None}
+        costs = [read_json(path) for path in (training, *shards)]
+        if any("flops" not in cost for cost in costs):
             return {"seconds": None, "flops": None}
         seconds += sum(cost["seconds"] for cost in costs)
         flops += sum(cost["flops"] for cost in costs)

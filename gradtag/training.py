@@ -193,8 +193,7 @@ def train_model(
         bar.update()
         if epoch % config.eval_every and epoch != max_epochs - 1:
             continue
-        with eval_flops.measure(1):
-            scores = evaluate(model, dataset, tasks, device, splits=("val",))["val"]
+        scores = evaluate(model, dataset, tasks, device, splits=("val",), flops=eval_flops)["val"]
         key = (scores["macro_f1"], -scores["mean_loss"])
         if scores["mean_loss"] < best_loss:
             best_loss, last_progress = scores["mean_loss"], epoch
