@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -33,9 +34,10 @@ from gradtag.artifacts import (
     save_npy,
     write_json,
 )
-from gradtag.cli import add_folder_args, add_run_args, parse_tasks, resolve_device
+from gradtag.cli import add_folder_args, add_run_args, add_strict_arg, parse_tasks, resolve_device
 from gradtag.flops import count_flops, format_flops
-from gradtag.gradients import collect_projected_gradients, num_trainable_params
+from gradtag.gradients import collect_projected_gradients, flat_params, num_trainable_params
+from gradtag.health import base_verdict
 from gradtag.projection import KINDS, Projector
 from gradtag.training import load_checkpoint
 
@@ -63,6 +65,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--task-chunk", type=int, default=10, help="tasks computed together before their files are written")
     parser.add_argument("--overwrite", action="store_true", help="delete the output folder first instead of resuming into it")
     parser.add_argument("--out", default=None, help="output folder (default: <gradients-dir>/<dataset>/<run>_d<dim>)")
+    add_strict_arg(parser)
     add_run_args(parser)
     add_folder_args(parser, "gradients")
     return parser
@@ -92,6 +95,9 @@ def main(args: argparse.Namespace) -> None:
         **checkpoint_config["dataset_options"],
     )
     model, checkpoint_config = load_checkpoint(checkpoint, device, dataset)
+    verdict = base_verdict(checkpoint, args.strict)  # before anything is written: --strict refuses a degenerate θ*
+    if verdict:
+        print(verdict, file=sys.stderr)
     projector = Projector(num_trainable_params(model), args.project_dim, args.seed, kind=args.projection)
     folder = Path(args.out) if args.out else gradients_dir(args.gradients_dir, dataset.name, checkpoint.name, args.project_dim)
     identity = {
@@ -113,7 +119,8 @@ def main(args: argparse.Namespace) -> None:
         check_compatible(read_json(config_path), folder, **identity)
     else:
         write_json(folder / "projection.json", projector.spec())
-        write_json(config_path, {**identity, "versions": package_versions(), "args": vars(args)})
+        base_norm = float(flat_params(model).norm())  # ‖θ*‖: step 3 reports its estimates' move ‖P ŵ‖ relative to it
+        write_json(config_path, {**identity, "base_norm": base_norm, "versions": package_versions(), "args": vars(args)})
 
     tasks = [task for task in parse_tasks(args.tasks, dataset.num_tasks) if task % args.num_shards == args.shard_id]
     todo = [task for task in tasks if not task_done(folder, task, args.splits)]

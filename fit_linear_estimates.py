@@ -16,6 +16,7 @@ with weights Ŵ_S = θ* + P ŵ_S; the paper's way). Scores are averaged over the
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -30,15 +31,18 @@ from gradtag.artifacts import (
     gradient_file,
     package_versions,
     read_json,
+    read_results,
     read_subsets,
     run_main,
     subset_key,
     write_json,
     write_results,
 )
-from gradtag.cli import add_folder_args, add_run_args, resolve_device
+from gradtag.cli import add_folder_args, add_run_args, add_strict_arg, resolve_device
+from gradtag.evaluation import calibrate
 from gradtag.flops import count_flops, format_flops
 from gradtag.gradients import flat_params, set_flat_params
+from gradtag.health import base_verdict
 from gradtag.projection import Projector
 from gradtag.regression import SOLVERS, fit_subsets, linearized_logits, mean_bce, prepare_tasks
 from gradtag.scores import SCORES, is_pairwise, save_affinity, score_records
@@ -66,8 +70,25 @@ def get_args_parser() -> argparse.ArgumentParser:
         default=True,
         help="count the FLOPs of step 3 in a second, untimed pass (gradtag/flops.py); --no-count-flops skips it",
     )
+    parser.add_argument(
+        "--calibrate-with",
+        nargs="+",
+        default=None,
+        metavar="TRUTH_CSV",
+        help="truth CSVs (train_multitask.py --subsets-file) on a few subsets trained for real: λ is then the value of "
+        "--l2-grid whose estimates match them best (per-task Spearman of --score), instead of --l2; the held-out ρ "
+        "(chosen on half the subsets, scored on the other) is printed and recorded",
+    )
+    parser.add_argument(
+        "--l2-grid",
+        nargs="+",
+        type=float,
+        default=[1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0],
+        help="λ values tried by --calibrate-with",
+    )
     parser.add_argument("--data-dir", default=None, help="dataset files, if not where step 1 found them (reconstructed)")
     parser.add_argument("--name", default=None, help="result name (default: the subsets file stem)")
+    add_strict_arg(parser)
     add_run_args(parser)
     add_folder_args(parser, "results")
     return parser
@@ -168,8 +189,61 @@ def reconstructed_scores(config: dict, subsets, weights: np.ndarray, device, dat
     return scores
 
 
-def estimate_one_base(args, data: dict, config: dict, subsets, needed: list[int], device):
-    """Fit ŵ_S for every subset on one base model's gradients and score its tasks: (SubsetFit, scores)."""
+def estimate_distances(config: dict, weights: np.ndarray, chunk: int = 64) -> np.ndarray:
+    """(m,) relative moves ‖P ŵ_S‖ / ‖θ*‖ of the estimates Ŵ_S = θ* + P ŵ_S (Eq. 5), from (m, d) weights; NaN when the
+    gradient folder predates its ``base_norm`` record. Comparable with a truth's ``distance`` column."""
+    base_norm = config.get("base_norm")
+    if not base_norm:
+        return np.full(len(weights), np.nan)
+    projector = Projector.from_spec(config["projection"])
+    norms = [
+        projector.expand(torch.as_tensor(weights[start : start + chunk].T, dtype=torch.float64)).norm(dim=0).numpy()
+        for start in range(0, len(weights), chunk)
+    ]
+    return np.concatenate(norms) / base_norm
+
+
+def calibrate_l2(args, folders: list[Path], configs: list[dict], num_tasks: int, device) -> tuple[float, dict]:
+    """λ from ``--l2-grid`` that best matches the trained subsets of ``--calibrate-with`` (see
+    :func:`gradtag.evaluation.calibrate`); returns it and a JSON-ready record of the calibration."""
+    truth_rows = []
+    for path in args.calibrate_with:
+        meta = read_json(Path(path).with_suffix(".json"))
+        check_compatible(meta, path, dataset=configs[0]["dataset"], dataset_fingerprint=configs[0]["dataset_fingerprint"])
+        truth_rows += read_results(path)
+    truth = score_records(truth_rows, args.score)
+    subsets = sorted({subset for subset, _, _ in truth})
+    needed = sorted({task for subset in subsets for task in subset})
+    column, sign = SCORES[args.score]
+    per_value = {l2: [] for l2 in args.l2_grid}
+    for folder, config in zip(folders, configs, strict=True):
+        data = load_gradient_folder(folder, ("train", "val"), num_tasks)
+        for l2 in tqdm(args.l2_grid, desc=f"calibrate λ ({folder.name})", disable=args.no_progress):
+            _, scores = estimate_one_base(args, data, config, subsets, needed, device, l2=l2)
+            per_value[l2].append(scores)
+    estimates = {
+        l2: [
+            (subset, task, sign * float(np.mean([base[index, task][column] for base in bases])))
+            for index, subset in enumerate(subsets)
+            for task in subset
+        ]
+        for l2, bases in per_value.items()
+    }
+    result = calibrate(estimates, truth, seed=args.seed)
+    record = {
+        "truths": list(args.calibrate_with),
+        "score": args.score,
+        "subsets": result.n_subsets,
+        "rho_by_l2": {str(l2): rho for l2, rho in result.rho_by_value.items()},
+        "chosen_l2": result.best,
+        "held_out_rho": result.held_out,
+    }
+    return result.best, record
+
+
+def estimate_one_base(args, data: dict, config: dict, subsets, needed: list[int], device, l2: float | None = None):
+    """Fit ŵ_S for every subset on one base model's gradients (L2 strength ``l2``, default ``--l2``) and score its
+    tasks: (SubsetFit, scores)."""
     train = data["train"]
     stand_in = train["gradients"][needed[0]]  # tasks outside every subset are never read; keep shapes valid
     labels = [y if y is not None else np.zeros(len(stand_in)) for y in train["labels"]]
@@ -182,7 +256,7 @@ def estimate_one_base(args, data: dict, config: dict, subsets, needed: list[int]
         device=device,
         row_weights_list=[class_weights(y[:, None] > 0.5, np.ones((len(y), 1), bool), balanced)[:, 0] for y in labels],
     )
-    fit = fit_subsets(task_data, subsets, args.l2, solver=args.solver, batch_size=args.batch_size)
+    fit = fit_subsets(task_data, subsets, args.l2 if l2 is None else l2, solver=args.solver, batch_size=args.batch_size)
     weights = fit.weights.cpu().numpy()
     if args.eval == "linearized":
         return fit, linearized_scores(data, subsets, weights)
@@ -190,16 +264,28 @@ def estimate_one_base(args, data: dict, config: dict, subsets, needed: list[int]
 
 
 def main(args: argparse.Namespace) -> None:
-    if args.l2 < 0 or args.batch_size < 1:
-        raise UsageError("--l2 must be >= 0 and --batch-size >= 1")
+    if args.l2 < 0 or args.batch_size < 1 or min(args.l2_grid) < 0:
+        raise UsageError("--l2 and every --l2-grid value must be >= 0, and --batch-size >= 1")
     device = resolve_device(args.device)
     folders = [Path(folder) for folder in args.gradients]
     configs = check_folders(folders)
+    for config in configs:  # before anything is written: --strict refuses a degenerate θ*
+        verdict = base_verdict(config["checkpoint"], args.strict)
+        if verdict:
+            print(verdict, file=sys.stderr)
     num_tasks = len(configs[0]["task_names"])
     subsets = read_subsets(args.subsets_file, num_tasks)
     needed = sorted({task for subset in subsets for task in subset})
+    calibration = None
+    if args.calibrate_with:
+        args.l2, calibration = calibrate_l2(args, folders, configs, num_tasks, device)
+        rhos = ", ".join(f"{l2:g}: {rho:.3f}" for l2, rho in zip(args.l2_grid, calibration["rho_by_l2"].values(), strict=True))
+        print(
+            f"calibrated λ on {calibration['subsets']} trained subsets ({args.score}; per-task ρ by λ: {rhos}): "
+            f"λ = {args.l2:g}, held-out ρ {calibration['held_out_rho']:.3f}"
+        )
     start = time.perf_counter()
-    per_base, total_flops, counting_seconds = [], 0, 0.0
+    per_base, weights_per_base, total_flops, counting_seconds = [], [], 0, 0.0
     for folder, config in zip(folders, configs, strict=True):
         data = load_gradient_folder(folder, ("train", "val", "test"), num_tasks)
         missing = [task for task in needed if data["train"]["gradients"][task] is None]
@@ -214,6 +300,7 @@ def main(args: argparse.Namespace) -> None:
                 )
         fit, scores = estimate_one_base(args, data, config, subsets, needed, device)
         per_base.append(scores)
+        weights_per_base.append(fit.weights.cpu().numpy())
         if args.count_flops:  # a second, untimed pass: the counter slows small ops several-fold
             counting_start = time.perf_counter()
             with count_flops() as flops:
@@ -223,13 +310,23 @@ def main(args: argparse.Namespace) -> None:
         if not bool(fit.converged.all()):
             print(f"warning: {int((~fit.converged).sum())} of {len(subsets)} regressions did not converge in {folder}")
     seconds = time.perf_counter() - start - counting_seconds
+    # untimed diagnostic: how far each estimate moves θ*, averaged over the bases
+    distances = np.mean([estimate_distances(config, w) for config, w in zip(configs, weights_per_base, strict=True)], axis=0)
 
     rows = []
     for index, subset in enumerate(subsets):
         for task in subset:
             values = {key: float(np.mean([base[index, task][key] for base in per_base])) for key in per_base[0][index, task]}
             rows.append(
-                {"subset_id": index, "subset": subset_key(subset), "task": task, "seed": -1, **values, "source": "estimate"}
+                {
+                    "subset_id": index,
+                    "subset": subset_key(subset),
+                    "task": task,
+                    "seed": -1,
+                    **values,
+                    "distance": float(distances[index]),
+                    "source": "estimate",
+                }
             )
     dataset = configs[0]["dataset"]
     name = args.name or Path(args.subsets_file).stem
@@ -243,6 +340,7 @@ def main(args: argparse.Namespace) -> None:
         "subsets": [list(subset) for subset in subsets],
         "gradients": [str(folder) for folder in folders],
         "l2": args.l2,
+        "calibration": calibration,
         "solver": args.solver,
         "eval": args.eval,
         "score": args.score,

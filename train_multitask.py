@@ -47,6 +47,8 @@ from gradtag.cli import (
     seed_everything,
 )
 from gradtag.flops import SampledFlops, format_flops
+from gradtag.gradients import flat_params, relative_distance
+from gradtag.health import assess_base, format_health, task_gradient_norms
 from gradtag.training import TrainConfig, evaluate, load_checkpoint, save_checkpoint, train_model
 from models import build_model
 
@@ -130,9 +132,12 @@ def train_meta_initializations(args, dataset, device, options: dict) -> None:
         start = time.perf_counter()
         summary = train_model(model, dataset, tasks, train_config(args, dataset), device, seed, progress=not args.no_progress)
         seconds = time.perf_counter() - start
-        metrics = evaluate(model, dataset, tasks, device)
+        metrics = {"tasks": tasks, "seconds": seconds, **summary, **evaluate(model, dataset, tasks, device)}
+        # is θ* usable by steps 2-3 (README: learned, not memorised, gradients not flat)? recorded; they warn or refuse
+        balanced = train_config(args, dataset).balanced
+        health = assess_base(metrics, task_gradient_norms(model, dataset, tasks, balanced, device))
         save_checkpoint(folder, model)
-        write_json(folder / "metrics.json", {"tasks": tasks, "seconds": seconds, **summary, **metrics})
+        write_json(folder / "metrics.json", {**metrics, "health": health.to_json()})
         write_json(
             folder / "config.json", {**base_config(args, dataset, options), "tasks": tasks, "seed": seed, "args": vars(args)}
         )
@@ -142,6 +147,9 @@ def train_meta_initializations(args, dataset, device, options: dict) -> None:
             f"{metrics['test']['macro_f1']:.4f} (all-positive predictor: {metrics['test']['all_positive_macro_f1']:.4f}); "
             f"wrote {folder}/{{model.pt,config.json,metrics.json}}"
         )
+        print(format_health(health))
+        for problem in health.problems:
+            print(f"warning: {problem}")
 
 
 def print_metrics(dataset, tasks: list[int], metrics: dict) -> None:
@@ -225,6 +233,8 @@ def train_subset_models(args, dataset, device, options: dict, subsets, csv_path:
 def train_each_subset(args, dataset, device, options: dict, subsets, todo, init_state, rows: list, csv_path) -> int:
     """Train and score the (subset index, seed) jobs in ``todo``, appending rows and rewriting ``csv_path`` after each.
 
+    Each row records the model's ``distance`` from its starting weights, ‖W − W₀‖ / ‖W₀‖ (θ* when fine-tuning).
+
     Returns the FLOPs spent: training (``train_model``'s count) and the final validation/test scoring of each model.
     """
     mode = "finetune" if init_state is not None else "scratch"
@@ -236,12 +246,22 @@ def train_each_subset(args, dataset, device, options: dict, subsets, todo, init_
         if init_state is not None:
             model.load_state_dict(init_state)
         model.to(device)
+        start_weights = flat_params(model)
         flops += train_model(model, dataset, subset, train_config(args, dataset), device, seed)["flops"]
+        distance = relative_distance(flat_params(model), start_weights)
         metrics = evaluate(model, dataset, subset, device, splits=("val", "test"), flops=scoring)
         for column, task in enumerate(subset):
             scores = {f"{split}_{kind}": metrics[split][kind][column] for split in ("val", "test") for kind in ("f1", "loss")}
             rows.append(
-                {"subset_id": index, "subset": subset_key(subset), "task": task, "seed": seed, **scores, "source": "trained"}
+                {
+                    "subset_id": index,
+                    "subset": subset_key(subset),
+                    "task": task,
+                    "seed": seed,
+                    **scores,
+                    "distance": distance,
+                    "source": "trained",
+                }
             )
         write_results(csv_path, rows)
     return flops + scoring.total

@@ -24,6 +24,17 @@ def add_run_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--no-progress", action="store_true", help="hide tqdm progress bars")
 
 
+def add_strict_arg(parser: argparse.ArgumentParser) -> None:
+    """``--strict``, for the steps that use a step-1 base θ* (``gradtag.health.base_verdict``)."""
+    parser.add_argument(
+        "--strict",
+        action="store_true",
+        help="refuse (exit 2, nothing written) a base θ* whose step-1 health record says it is degenerate: too few "
+        "tasks learned, tasks memorised or flat gradients (see train_multitask.py's 'θ* health' line); without it "
+        "such a base only gets a warning",
+    )
+
+
 def add_folder_args(parser: argparse.ArgumentParser, *names: str) -> None:
     """Add the artifact-folder flags a script uses, e.g. ``add_folder_args(parser, "saved", "results")``."""
     helps = {

@@ -84,7 +84,8 @@ def evaluate(
     ``flops``, if given, tallies the forward passes (per node scored; see ``gradtag.flops.SampledFlops``).
 
     Returns ``{split: {"f1": (len(tasks),) list, "loss": list, "macro_f1": float, "mean_loss": float,
-    "all_positive_macro_f1": float}}``, the last being the trivial predictor's macro-F1 for reference.
+    "all_positive_f1": list, "all_positive_macro_f1": float}}``, the last two being the per-task F1 of the trivial
+    predictor "every sample is positive" and their mean, for reference (``gradtag.health`` compares each task to its own).
     """
     result = {}
     for split in splits:
@@ -101,13 +102,14 @@ def evaluate(
             losses.append(float(np.mean(np.logaddexp(0, z) - y * z)))
         # the trivial predictor "every sample is positive" has F1 = 2 * positives / (positives + samples)
         positives, counts = (labels & mask[nodes]).sum(axis=0), mask[nodes].sum(axis=0)
-        trivial = float(np.mean(2 * positives / np.maximum(positives + counts, 1)))
+        trivial = 2 * positives / np.maximum(positives + counts, 1)
         result[split] = {
             "f1": f1s,
             "loss": losses,
             "macro_f1": float(np.mean(f1s)),
             "mean_loss": float(np.mean(losses)),
-            "all_positive_macro_f1": trivial,
+            "all_positive_f1": [float(value) for value in trivial],
+            "all_positive_macro_f1": float(np.mean(trivial)),
         }
     return result
 
