@@ -18,13 +18,22 @@ other; and the wall time of each side. Writes the report as JSON (``--out``) and
 from __future__ import annotations
 
 import argparse
+import itertools
 from pathlib import Path
 
 from data import read_planted_groups
 from gradtag.affinity import fill_uncovered
 from gradtag.artifacts import UsageError, check_compatible, read_json, read_results, run_main, write_json
 from gradtag.clustering import cluster, prepare_affinity
-from gradtag.evaluation import adjusted_rand, comparison_report, group_effect, seed_ceiling
+from gradtag.evaluation import (
+    adjusted_rand,
+    comparison_report,
+    distance_summary,
+    group_effect,
+    partner_effects,
+    seed_ceiling,
+    split_half_reliability,
+)
 from gradtag.flops import format_flops
 from gradtag.scores import SCORES, affinity_matrix, is_pairwise, records_by_seed, score_records
 
@@ -56,10 +65,33 @@ def clustered(records, num_tasks: int, pairwise: bool, k: int, seed: int) -> lis
     return cluster(prepare_affinity(affinity), k, "sdp", seed).groups
 
 
+def reliability(rows, records, num_tasks: int, pairwise: bool, k, seed) -> dict:
+    """What a side's T is worth on its own: how far its models moved (``distance``), its split-half agreement (the
+    ceiling at this m; not defined for pairwise files, one subset per entry) and its partner effects."""
+    report = {"distance": distance_summary(rows)}
+    if not pairwise:
+        cluster_fn = (lambda T: cluster(prepare_affinity(T), k, "sdp", seed).groups) if k is not None else None
+        report["split_half"] = split_half_reliability(records, num_tasks, seed=seed, cluster_fn=cluster_fn)._asdict()
+    effects = partner_effects(records, num_tasks)
+    report["partner_effect_share"], report["partner_effect_tasks_tested"] = effects.share_significant, effects.n_tested
+    return report
+
+
+def truth_agreement(paths: list[str], truths: list, score: str, num_tasks: int) -> list[dict]:
+    """Per-task ρ between every two truths on their shared (subset, task) scores: truths fine-tuned from different θ*
+    seeds, or for different lengths, agree only so far — the ceiling for any single-θ* estimate (FIDELITY §6)."""
+    agreement = []
+    for a, b in itertools.combinations(range(len(truths)), 2):
+        report = comparison_report(score_records(truths[a][0], score), score_records(truths[b][0], score), num_tasks)
+        agreement.append({"a": paths[a], "b": paths[b], **report})
+    return agreement
+
+
 def truth_report(rows, meta, score: str, num_tasks: int, planted, k, seed) -> dict:
     records = score_records(rows, score)
     subsets = [tuple(subset) for subset in meta["subsets"]]
     report = {"seeds": sorted({row["seed"] for row in rows}), "seconds": meta.get("seconds"), "flops": meta.get("flops")}
+    report.update(reliability(rows, records, num_tasks, is_pairwise(subsets), k, seed))
     per_seed = records_by_seed(rows, score)
     if len(per_seed) >= 2:
         report["seed_ceiling_spearman_per_task"] = seed_ceiling(list(per_seed.values())).mean
@@ -91,6 +123,10 @@ def main(args: argparse.Namespace) -> None:
         by_truth = {}
         est_records = score_records(estimate[0], score) if estimate else None
         est_groups = None
+        if estimate:
+            report.setdefault("estimate_reliability", {})[score] = reliability(
+                estimate[0], est_records, num_tasks, is_pairwise(estimate[1]["subsets"]), k, args.seed
+            )
         if estimate and k is not None:
             est_groups = clustered(est_records, num_tasks, is_pairwise(estimate[1]["subsets"]), k, args.seed)
         for path, (rows, meta) in zip(args.trained, truths, strict=True):
@@ -100,8 +136,11 @@ def main(args: argparse.Namespace) -> None:
                 if est_groups is not None:
                     entry["ari_estimate_vs_truth"] = adjusted_rand(est_groups, entry["groups"], num_tasks)
             by_truth[path] = entry
-            lines.append(table_row(score, meta.get("mode", Path(path).stem), entry))
-        report["by_score"][score] = {"truths": by_truth}
+            lines.append(table_row(score, Path(path).stem, entry))
+        report["by_score"][score] = {
+            "truths": by_truth,
+            "truth_agreement": truth_agreement(args.trained, truths, score, num_tasks),
+        }
         if est_groups is not None:
             report["by_score"][score]["estimate_groups"] = est_groups
             if planted is not None:
@@ -149,7 +188,51 @@ def print_table(report: dict, lines: list[str]) -> None:
     for score, entry in report["by_score"].items():
         if "estimate_ari_vs_planted" in entry:
             print(f"ARI of the clustered estimate ({score}) vs planted: {entry['estimate_ari_vs_planted']:.3f}")
+    print_reliability(report)
+    print_agreement(report)
     print_costs(report)
+
+
+def print_agreement(report: dict) -> None:
+    """Truth against truth (a ceiling for the estimate): per-task ρ over subsets and over rows of T."""
+    pairs = [(score, pair) for score, entry in report["by_score"].items() for pair in entry["truth_agreement"]]
+    if not pairs:
+        return
+    print("| score | truth A | truth B | ρ task/subsets | ρ task/rows |")
+    print("|---|---|---|---|---|")
+    for score, pair in pairs:
+        print(
+            f"| {score} | {Path(pair['a']).stem} | {Path(pair['b']).stem} | {pair['spearman_per_task_subsets']:.3f} "
+            f"| {pair['spearman_per_task_rows']:.3f} |"
+        )
+
+
+def print_reliability(report: dict) -> None:
+    """Each side on its own: its models' move from θ* (first-order regime: ≲ 0.10–0.15), the split-half agreement of
+    its T (rows ρ between halves, Spearman–Brown-corrected to all subsets, and ARI) and its share of tasks whose score
+    depends on their partners (F-test, p < 0.05). Read every estimate-versus-truth ρ against the truth's ceiling here."""
+    print("| score | side | distance median [p10, p90] | split-half ρ rows (all m) | split-half ARI | partner effect |")
+    print("|---|---|---|---|---|---|")
+    for score, entry in report["by_score"].items():
+        sides = [(Path(path).stem, truth) for path, truth in entry["truths"].items()]
+        if score in report.get("estimate_reliability", {}):
+            sides.append(("estimate", report["estimate_reliability"][score]))
+        for name, side in sides:
+            print(
+                f"| {score} | {name} | {_distance_cell(side.get('distance'))} | {_split_cells(side.get('split_half'))} | "
+                f"{side['partner_effect_share']:.2f} of {side['partner_effect_tasks_tested']} |"
+            )
+
+
+def _distance_cell(summary: dict | None) -> str:
+    return "–" if summary is None else f"{summary['median']:.3f} [{summary['p10']:.3f}, {summary['p90']:.3f}]"
+
+
+def _split_cells(split: dict | None) -> str:
+    if split is None:
+        return "– | –"
+    ari = "–" if split["ari"] is None else f"{split['ari']:.3f}"
+    return f"{split['rows']:.3f} ({split['rows_full']:.3f}) | {ari}"
 
 
 def print_costs(report: dict) -> None:

@@ -89,7 +89,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _run(module, argv: list[str], log: Path, verbose: bool) -> float:
+def run_step(module, argv: list[str], log: Path, verbose: bool) -> float:
     """Call ``module.main`` on parsed ``argv``; the step's prints go to ``log`` (appended). Returns wall seconds."""
     args = module.get_args_parser().parse_args(argv)
     start = time.perf_counter()
@@ -129,19 +129,19 @@ def vet_seed(seed: int, args) -> dict:
     results = folder / "results"
     seconds = {}
 
-    seconds["theta"] = _run(
+    seconds["theta"] = run_step(
         train_multitask,
         data + run + train + ["--saved-dir", str(saved), "--overwrite"] + shlex.split(args.base_flags),
         log,
         args.verbose,
     )
-    seconds["gradients"] = _run(
+    seconds["gradients"] = run_step(
         collect_gradients,
         ["--checkpoint", str(checkpoint), "--project-dim", str(args.project_dim), "--out", str(gradients)] + run,
         log,
         args.verbose,
     )
-    _run(
+    run_step(
         sample_subsets,
         data[:4]
         + shlex.split(args.data_flags)
@@ -150,7 +150,7 @@ def vet_seed(seed: int, args) -> dict:
         log,
         args.verbose,
     )
-    seconds["estimate"] = _run(
+    seconds["estimate"] = run_step(
         fit_linear_estimates,
         ["--gradients", str(gradients), "--subsets-file", str(subsets_file), "--l2", str(args.l2)]
         + ["--results-dir", str(results), "--name", "subsets"]
@@ -158,7 +158,7 @@ def vet_seed(seed: int, args) -> dict:
         log,
         args.verbose,
     )
-    seconds["truth_b"] = _run(
+    seconds["truth_b"] = run_step(
         train_multitask,
         data
         + run
@@ -170,7 +170,7 @@ def vet_seed(seed: int, args) -> dict:
         args.verbose,
     )
     if args.scratch_seeds:
-        seconds["truth_a"] = _run(
+        seconds["truth_a"] = run_step(
             train_multitask,
             data
             + run

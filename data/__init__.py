@@ -71,6 +71,38 @@ DATASETS = {
     ),
 }
 
+
+def dataset_spec(name: str, data_dir: str | Path | None = None) -> dict:
+    """The spec of dataset ``name``: a known one from :data:`DATASETS`, or any other name as a SNAP-format graph whose
+    files are the one ``*.ungraph.txt[.gz]`` and the one ``*.cmty.txt[.gz]`` in ``data_dir`` (default datasets/<name>)."""
+    if name in DATASETS:
+        return DATASETS[name]
+    folder = Path(data_dir) if data_dir is not None else Path("datasets") / name
+    if not folder.is_dir():
+        raise UsageError(
+            f"unknown dataset {name!r} and no folder {folder}: choose one of {', '.join(sorted(DATASETS))}, or pass "
+            "--data-dir with a SNAP-format edge list (*.ungraph.txt[.gz]) and communities (*.cmty.txt[.gz])"
+        )
+    stems = {}
+    for kind, suffix in (("edge", ".ungraph.txt"), ("community", ".cmty.txt")):
+        found = sorted(
+            {path.name.removesuffix(".gz") for path in folder.iterdir() if path.name.removesuffix(".gz").endswith(suffix)}
+        )
+        if len(found) != 1:
+            raise UsageError(
+                f"dataset {name!r}: {folder} must hold exactly one *{suffix}[.gz] file ({kind} file), found {found or 'none'}"
+            )
+        stems[kind] = found
+    return dict(
+        kind="snap",
+        defaults=_SNAP_DEFAULTS,
+        edge_stems=stems["edge"],
+        community_stems=stems["community"],
+        source=f"the files in {folder}",
+        recommended=dict(hop_width=256, head_width=256),
+    )
+
+
 # Flags every script shares, declared once: (flag, type, help). Defaults are per dataset (see DATASETS).
 _OPTION_FLAGS = [
     ("num_tasks", int, "number of tasks n: the n largest communities (SNAP) or groups x tasks per group (planted)"),
@@ -97,8 +129,8 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--dataset",
         default="planted",
-        choices=sorted(DATASETS),
-        help="dataset name; 'planted' is the embedded default generated offline",
+        help=f"dataset name: {', '.join(sorted(DATASETS))}, or any name with --data-dir holding one SNAP-format "
+        "*.ungraph.txt[.gz] edge list and one *.cmty.txt[.gz] community file; 'planted' is the embedded default",
     )
     group.add_argument(
         "--data-dir",
@@ -115,8 +147,7 @@ def dataset_options(args: argparse.Namespace) -> dict:
     return {name: getattr(args, name) for name in OPTION_NAMES}
 
 
-def _resolve(name: str, options: dict) -> dict:
-    spec = DATASETS[name]
+def _resolve(spec: dict, options: dict) -> dict:
     resolved = {key: value for key, value in spec["defaults"].items()}
     resolved.update({key: value for key, value in options.items() if value is not None})
     if spec["kind"] == "planted":
@@ -156,13 +187,11 @@ def load_dataset(
     (``planted_groups.txt``), so later steps and people can score against the known answer. Node features are
     cached under ``cache_dir`` (never inside ``data_dir``, which may be read-only).
     """
-    if name not in DATASETS:
-        raise UsageError(f"unknown dataset {name!r}; choose one of {', '.join(sorted(DATASETS))}")
     unknown = set(options) - set(OPTION_NAMES)
     if unknown:
         raise TypeError(f"unknown dataset options {sorted(unknown)}")
-    spec = DATASETS[name]
-    options = _resolve(name, options)
+    spec = dataset_spec(name, data_dir)
+    options = _resolve(spec, options)
     dataset_dir = Path(data_dir) if data_dir is not None else Path("datasets") / name
     if spec["kind"] == "planted":
         edges, labels, groups = generate_planted(
@@ -226,6 +255,7 @@ __all__ = [
     "GraphDataset",
     "add_data_args",
     "dataset_options",
+    "dataset_spec",
     "load_dataset",
     "planted_groups_path",
     "read_planted_groups",

@@ -180,35 +180,45 @@ def subset_key(subset: Sequence[int]) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------------- result CSVs
-RESULT_COLUMNS = ["subset_id", "subset", "task", "seed", "val_f1", "val_loss", "test_f1", "test_loss", "source"]
+# ``distance``: how far the model behind the row moved from where it started, ‖W − W₀‖ / ‖W₀‖ over the trainable
+# parameters (a fine-tuned truth: from θ*; from scratch: from its initialisation; an estimate: ‖P ŵ_S‖ / ‖θ*‖, averaged
+# over its bases). It tells whether a truth stays in the first-order regime the estimate assumes (paper Sec. 3.1).
+RESULT_COLUMNS = ["subset_id", "subset", "task", "seed", "val_f1", "val_loss", "test_f1", "test_loss", "distance", "source"]
+_FLOAT_COLUMNS = ("val_f1", "val_loss", "test_f1", "test_loss", "distance")
 
 
 def read_results(path: str | Path) -> list[dict]:
-    """Rows of a per-(subset, task) results CSV (header ``RESULT_COLUMNS``), numbers parsed."""
+    """Rows of a per-(subset, task) results CSV (header ``RESULT_COLUMNS``), numbers parsed.
+
+    Files written before the ``distance`` column existed are read with ``distance`` NaN.
+    """
     import csv
 
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"results file {path} does not exist; run the step that writes it first")
+    without_distance = [column for column in RESULT_COLUMNS if column != "distance"]
     with open(path, newline="") as fh:
         reader = csv.DictReader(fh)
-        if reader.fieldnames != RESULT_COLUMNS:
+        if reader.fieldnames not in (RESULT_COLUMNS, without_distance):
             raise UsageError(f"{path}: header {reader.fieldnames} is not the results header {RESULT_COLUMNS}")
         rows = list(reader)
     for row in rows:
         for key in ("subset_id", "task", "seed"):
             row[key] = int(row[key])
-        for key in ("val_f1", "val_loss", "test_f1", "test_loss"):
+        row.setdefault("distance", "nan")
+        for key in _FLOAT_COLUMNS:
             row[key] = float(row[key])
     return rows
 
 
 def write_results(path: str | Path, rows: list[dict]) -> None:
-    """Write all rows (dicts with ``RESULT_COLUMNS``) atomically: a crash leaves the previous file intact."""
+    """Write all rows (dicts with ``RESULT_COLUMNS``; ``distance`` may be absent: NaN) atomically: a crash leaves the
+    previous file intact."""
     import csv
 
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=RESULT_COLUMNS)
         writer.writeheader()
         for row in rows:
-            writer.writerow({key: row[key] for key in RESULT_COLUMNS})
+            writer.writerow({key: row.get(key, float("nan")) for key in RESULT_COLUMNS})

@@ -9,7 +9,10 @@ Spearman ≥ 0.8 and raw relative distance ≈ 0.01 even for poor estimates), so
 - :func:`relative_distance` on row-centred T (:func:`gradtag.affinity.row_center`) beside the raw one;
 - :func:`pooled_spearman` only beside them, labelled pooled;
 - :func:`seed_ceiling` — the truth's own seed-to-seed per-task Spearman, the ceiling for any estimate;
-- :func:`group_effect` — score change per same-group partner with per-task fixed effects (vets a planted truth).
+- :func:`group_effect` — score change per same-group partner with per-task fixed effects (vets a planted truth);
+- :func:`split_half_reliability` — T against itself across two halves of the subsets: the ceiling at this m;
+- :func:`partner_effects` — per task, whether its score depends on its partners at all (F-test): a truth worth matching;
+- :func:`distance_summary` — how far the models behind a table moved, ‖W − W₀‖ / ‖W₀‖ (the first-order regime).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import numpy as np
 from scipy.stats import spearmanr
 from sklearn.metrics import adjusted_rand_score
 
-from gradtag.affinity import groups_to_labels, higher_order_affinity, row_center, score_table
+from gradtag.affinity import fill_uncovered, groups_to_labels, higher_order_affinity, row_center, score_table
 from gradtag.artifacts import UsageError
 
 
@@ -214,3 +217,155 @@ def comparison_report(est: Mapping | Iterable, true: Mapping | Iterable, n: int 
         "relative_distance_raw": relative_distance(T_est, T_true),
         "relative_distance_row_centered": relative_distance(row_center(T_est), row_center(T_true)),
     }
+
+
+class SplitHalf(NamedTuple):
+    """Agreement of T with itself across disjoint halves of the subsets (FIDELITY §6: a noisy T cannot be matched).
+
+    rows: per-task Spearman over rows of T between the two halves' matrices, averaged over random splits;
+    rows_full: the same corrected to all m subsets by Spearman–Brown, 2r / (1 + r) — the reliability of the full T;
+    ari: ARI between the clusterings of the two halves (None without k); splits: random splits averaged.
+    """
+
+    rows: float
+    rows_full: float
+    ari: float | None
+    splits: int
+
+
+def split_half_reliability(scores: Mapping | Iterable, n: int, splits: int = 5, seed: int = 0, cluster_fn=None) -> SplitHalf:
+    """Split the subsets into two random disjoint halves, build the higher-order T (Eq. 1) of each, and compare them.
+
+    scores: a score table over subsets of size ≥ 3 (pairwise tables have one subset per entry: no halves to compare).
+    cluster_fn: optional ``T (n, n) -> groups`` (e.g. the SDP at the report's k) for the ARI between halves.
+    For a deterministic truth (fine-tuned θ*) this is the only measure of how much T depends on which subsets were
+    sampled; it bounds what any estimate can reach against it at the same m.
+    """
+    table = score_table(scores)
+    subsets = sorted({subset for subset, _ in table})
+    rng = np.random.default_rng(seed)
+    rhos, aris = [], []
+    for _ in range(splits):
+        first = set(map(tuple, (subsets[i] for i in rng.permutation(len(subsets))[: len(subsets) // 2])))
+        halves = [{key: value for key, value in table.items() if (key[0] in first) == side} for side in (True, False)]
+        matrices = [higher_order_affinity(half, n)[0] for half in halves]
+        rho = per_task_spearman_rows(*matrices).mean
+        if np.isfinite(rho):
+            rhos.append(rho)
+        if cluster_fn is not None:
+            groups = [cluster_fn(fill_uncovered(matrix)[0]) for matrix in matrices]
+            aris.append(adjusted_rand(groups[0], groups[1], n))
+    rows = float(np.mean(rhos)) if rhos else float("nan")
+    full = 2 * rows / (1 + rows) if np.isfinite(rows) and rows > -1 else float("nan")
+    return SplitHalf(rows, full, float(np.mean(aris)) if aris else None, splits)
+
+
+class PartnerEffects(NamedTuple):
+    """Per task j: the F-test of an additive partner model f(S, j) = a_j + Σ_{k∈S, k≠j} b_jk against a_j alone.
+
+    p_values: {task: p} for the tasks with more subsets than partners + 1; share_significant: share of those tasks
+    with p < alpha; n_tested / n_untested: tasks with / without enough subsets; alpha: the level used.
+    """
+
+    p_values: dict[int, float]
+    share_significant: float
+    n_tested: int
+    n_untested: int
+    alpha: float
+
+
+def partner_effects(scores: Mapping | Iterable, n: int, alpha: float = 0.05) -> PartnerEffects:
+    """Whether each task's score depends on which partners share its subset, beyond what chance would give.
+
+    For task j, regress f(S, j) over the subsets S ∋ j on indicators of the partners k ≠ j present (one coefficient
+    each, plus an intercept) and F-test all partner coefficients against zero. A truth "has a partner effect" for j
+    when p < alpha: a truth so lazy that every subset gives task j the same score fails it, and then matching it proves
+    nothing. A task seen in no more subsets than it has distinct partners + 1 cannot be tested (counted, not tested).
+    """
+    from scipy.stats import f as f_distribution
+
+    table = score_table(scores)
+    p_values, untested = {}, 0
+    for task in sorted({task for _, task in table}):
+        entries = [(subset, value) for (subset, t), value in table.items() if t == task]
+        partners = sorted({k for subset, _ in entries for k in subset if k != task})
+        column = {k: c for c, k in enumerate(partners)}
+        design = np.zeros((len(entries), len(partners) + 1))
+        design[:, -1] = 1.0
+        for row, (subset, _) in enumerate(entries):
+            for k in subset:
+                if k != task:
+                    design[row, column[k]] = 1.0
+        y = np.array([value for _, value in entries])
+        rank = np.linalg.matrix_rank(design)
+        dof = len(y) - rank
+        if rank < 2 or dof < 1:
+            untested += 1
+            continue
+        residual = y - design @ np.linalg.lstsq(design, y, rcond=None)[0]
+        rss_full, rss_null = float(residual @ residual), float(((y - y.mean()) ** 2).sum())
+        if rss_null == 0:
+            p_values[task] = 1.0
+            continue
+        statistic = ((rss_null - rss_full) / (rank - 1)) / max(rss_full / dof, np.finfo(float).tiny)
+        p_values[task] = float(f_distribution.sf(statistic, rank - 1, dof))
+    share = float(np.mean([p < alpha for p in p_values.values()])) if p_values else float("nan")
+    return PartnerEffects(p_values, share, len(p_values), untested, alpha)
+
+
+def distance_summary(rows: Sequence[Mapping]) -> dict | None:
+    """Median and 10th / 90th percentiles of the ``distance`` column over the models behind result rows (one value
+    per subset and seed), or None when no row records one."""
+    per_model = {(row["subset_id"], row["seed"]): row.get("distance", float("nan")) for row in rows}
+    values = np.array([value for value in per_model.values() if np.isfinite(value)])
+    if len(values) == 0:
+        return None
+    p10, median, p90 = np.percentile(values, [10, 50, 90])
+    return {"median": float(median), "p10": float(p10), "p90": float(p90), "models": len(values)}
+
+
+class Calibration(NamedTuple):
+    """A setting chosen to match a few trained subsets (``--calibrate-with``).
+
+    best: the value with the highest per-task Spearman on all calibration subsets; rho_by_value: {value: that ρ};
+    held_out: per-task Spearman on each half of the subsets of the value chosen on the other half, averaged over the
+    two halves (what the choice is worth on subsets it did not see); n_subsets: calibration subsets used.
+    """
+
+    best: float
+    rho_by_value: dict[float, float]
+    held_out: float
+    n_subsets: int
+
+
+def calibrate(
+    estimates_by_value: Mapping[float, Mapping | Iterable], truth: Mapping | Iterable, seed: int = 0
+) -> Calibration:
+    """Pick the setting (e.g. the regression's λ) whose estimates best match a truth trained on a few subsets.
+
+    estimates_by_value: {value: score table of the estimate made with it}, on (at least) the truth's subsets;
+    truth: the trained score table. The criterion is :func:`per_task_spearman_subsets` (the headline figure); the
+    held-out figure splits the calibration subsets into two random halves (``seed``), chooses on one, scores on the
+    other, and averages both directions — so a choice that only fits noise shows a low held-out ρ.
+    """
+    truth = score_table(truth)
+    estimates = {value: score_table(table) for value, table in estimates_by_value.items()}
+    subsets = sorted({subset for subset, _ in truth})
+    if len(subsets) < 4:
+        raise UsageError(f"calibration needs at least 4 trained subsets, got {len(subsets)}")
+
+    def rho(value: float, keep: set) -> float:
+        part = {key: score for key, score in truth.items() if key[0] in keep}
+        return per_task_spearman_subsets(estimates[value], part).mean
+
+    everything = set(subsets)
+    rho_by_value = {value: rho(value, everything) for value in estimates}
+    order = np.random.default_rng(seed).permutation(len(subsets))
+    halves = [{subsets[i] for i in order[: len(order) // 2]}, {subsets[i] for i in order[len(order) // 2 :]}]
+    held_out = []
+    for chosen_on, scored_on in (halves, halves[::-1]):
+        fitted = {value: rho(value, chosen_on) for value in estimates}
+        best_here = max(fitted, key=lambda value: -np.inf if np.isnan(fitted[value]) else fitted[value])
+        held_out.append(rho(best_here, scored_on))
+    best = max(rho_by_value, key=lambda value: -np.inf if np.isnan(rho_by_value[value]) else rho_by_value[value])
+    return Calibration(best, rho_by_value, float(np.nanmean(held_out)), len(subsets))

@@ -40,6 +40,12 @@ def flat_params(model: nn.Module) -> torch.Tensor:
     return torch.cat([param.reshape(-1) for param in trainable_parameters(model).values()]).clone()
 
 
+def relative_distance(weights: torch.Tensor, start: torch.Tensor) -> float:
+    """‖weights − start‖ / ‖start‖ for two (p,) flat parameter vectors (:func:`flat_params`); inf if start is zero."""
+    norm = float(start.norm())
+    return float((weights - start).norm()) / norm if norm > 0 else float("inf")
+
+
 @torch.no_grad()
 def set_flat_params(model: nn.Module, vector: torch.Tensor) -> None:
     """Copy a (p,) vector into the trainable parameters of ``model`` in place, e.g. Ŵ = θ* + P ŵ (Eq. 5)."""

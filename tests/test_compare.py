@@ -111,7 +111,7 @@ def test_estimate_equal_to_truth_gives_spearman_1_and_distance_0(tmp_path, capsy
         assert report["by_score"][score]["estimate_ari_vs_planted"] == 1.0
     assert report["estimate_seconds"] == 0.25 and report["by_score"]["loss"]["truths"][truth]["seconds"] == 12.0
     out_text = capsys.readouterr().out
-    assert "| score | truth | ρ task/subsets |" in out_text and "| loss | finetune | 1.000 | 1.000 | 1.000 | 0.000 |" in out_text
+    assert "| score | truth | ρ task/subsets |" in out_text and "| loss | truth | 1.000 | 1.000 | 1.000 | 0.000 |" in out_text
     assert "| estimate (step 3) | 0.25 | 500 MFLOP | – | – |" in out_text
     assert "| one-off: θ* + gradients (steps 1-2) | 4.00 | 2 GFLOP | – | – |" in out_text
     assert "| truth truth | 12.00 | 3 GFLOP | 48.0x | 6.0x |" in out_text and f"wrote {out}" in out_text
@@ -220,3 +220,30 @@ def test_vet_mode_of_compare_affinities_reports_group_effect_and_ari(tmp_path, c
         assert "spearman_per_task_subsets" not in entry  # nothing to compare against in vet mode
     printed = capsys.readouterr().out
     assert "| loss | flat |" in printed and "| loss | structured |" in printed
+
+
+def test_reliability_of_each_side_and_agreement_between_truths(tmp_path, capsys):
+    """Each side's distance from θ*, split-half agreement and partner effects; and truth against truth (a ceiling)."""
+    near = truth_scores(0.05, seed=0)
+    far = truth_scores(0.05, seed=1)  # other task levels and noise: a second, different truth
+    rows = rows_of(near)
+    for row in rows:
+        row["distance"] = 0.05 + 0.01 * (row["subset_id"] % 3)
+    first = write_side(tmp_path / "ft15.csv", rows, "finetune")
+    second = write_side(tmp_path / "ft50.csv", rows_of(far), "finetune")
+    estimate = write_side(tmp_path / "est.csv", rows_of(near, source="estimate"), "estimate")
+    out = str(tmp_path / "report.json")
+    report = compare("--estimated", estimate, "--trained", first, second, "--k", "2", "--out", out)
+
+    entry = report["by_score"]["loss"]["truths"][first]
+    assert entry["distance"]["median"] == pytest.approx(0.06) and entry["distance"]["models"] == len(SUBSETS)
+    assert report["by_score"]["loss"]["truths"][second]["distance"] is None  # no distance recorded
+    assert entry["partner_effect_share"] == 1.0 and entry["partner_effect_tasks_tested"] == N_TASKS
+    assert entry["split_half"]["rows"] > 0.5 and entry["split_half"]["ari"] == pytest.approx(1.0)
+    assert report["estimate_reliability"]["loss"]["split_half"]["rows"] == pytest.approx(entry["split_half"]["rows"])
+    (agreement,) = report["by_score"]["loss"]["truth_agreement"]
+    assert agreement["a"] == first and agreement["b"] == second
+    expected = spearmanr([near[key] for key in sorted(near) if key[1] == 0], [far[key] for key in sorted(near) if key[1] == 0])
+    assert 0 < agreement["spearman_per_task_subsets"] < 1 and np.isfinite(expected.statistic)
+    text = capsys.readouterr().out
+    assert "| loss | ft15 | 0.060 [0.050, 0.070] |" in text and "| loss | ft15 | ft50 |" in text

@@ -138,15 +138,26 @@ def test_train_multitask_with_missing_data_exits_2_and_writes_nothing(tmp_path):
     assert list(empty.iterdir()) == []
 
 
-def test_unknown_dataset_exits_2(tmp_path, capsys):
-    from train_multitask import get_args_parser
-
-    with pytest.raises(SystemExit) as exit_:
-        get_args_parser().parse_args(["--dataset", "nope"])
-    assert exit_.value.code == 2
-    assert "invalid choice: 'nope'" in capsys.readouterr().err
-    with pytest.raises(UsageError, match="unknown dataset 'nope'"):
+def test_unknown_dataset_without_files_is_refused(tmp_path):
+    with pytest.raises(UsageError, match="unknown dataset 'nope' and no folder"):
+        load_dataset("nope", data_dir=tmp_path / "absent", cache_dir=tmp_path / "cache")
+    with pytest.raises(UsageError, match=r"exactly one \*\.ungraph\.txt"):
         load_dataset("nope", data_dir=tmp_path, cache_dir=tmp_path / "cache")
+
+
+def test_any_name_reads_snap_format_files_from_data_dir(tmp_path):
+    """A graph the project has never heard of: any name, with --data-dir holding one edge list and one community file."""
+    folder, known = tmp_path / "mygraph", tmp_path / "dblp"
+    write_snap(folder, "whatever", SNAP_EDGES, SNAP_COMMUNITIES, gz=True)
+    write_snap(known, "dblp", SNAP_EDGES, SNAP_COMMUNITIES)
+    options = dict(num_tasks=2, embedding_dim=2)
+    dataset = load_dataset("mygraph", data_dir=folder, cache_dir=tmp_path / "cache", **options)
+    reference = load_dataset("dblp", data_dir=known, cache_dir=tmp_path / "cache", **options)
+    assert dataset.name == "mygraph" and dataset.task_names == reference.task_names
+    np.testing.assert_array_equal(dataset.labels, reference.labels)
+    (folder / "extra.cmty.txt").write_text("1 2 3\n")
+    with pytest.raises(UsageError, match="exactly one"):
+        load_dataset("mygraph", data_dir=folder, cache_dir=tmp_path / "cache", **options)
 
 
 def test_paper_splits_sizes_disjoint_covering_and_seeded(tmp_path):

@@ -5,15 +5,20 @@ import pytest
 
 from gradtag.affinity import row_center
 from gradtag.artifacts import UsageError
+from gradtag.clustering import cluster, prepare_affinity
 from gradtag.evaluation import (
     adjusted_rand,
+    calibrate,
     comparison_report,
+    distance_summary,
     group_effect,
+    partner_effects,
     per_task_spearman_rows,
     per_task_spearman_subsets,
     pooled_spearman,
     relative_distance,
     seed_ceiling,
+    split_half_reliability,
 )
 
 
@@ -114,3 +119,50 @@ def test_comparison_report_keys_and_perfect_estimate():
     assert report["relative_distance_raw"] == 0.0 and report["relative_distance_row_centered"] == 0.0
     with pytest.raises(UsageError):
         comparison_report({((0, 1), 0): 1.0}, {((0, 2), 0): 1.0})
+
+
+def test_split_half_reliability_is_high_for_structure_and_near_zero_for_noise():
+    records, groups = planted_records(slope=0.5)
+    by_groups = split_half_reliability(records, 12, cluster_fn=lambda T: cluster(prepare_affinity(T), 3, "sdp").groups)
+    # within a group the entries of a row tie up to noise, so even perfect groups rank rows only partly alike
+    assert by_groups.rows > 0.4 and by_groups.rows_full >= by_groups.rows and by_groups.ari == pytest.approx(1.0)
+    noise, _ = planted_records(slope=0.0)
+    flat = split_half_reliability(noise, 12)
+    assert abs(flat.rows) < 0.3 and flat.ari is None and flat.splits == 5
+    # Spearman–Brown: the reliability of all m subsets from the correlation of two halves
+    assert by_groups.rows_full == pytest.approx(2 * by_groups.rows / (1 + by_groups.rows))
+
+
+def test_partner_effects_find_partners_in_a_structured_truth_and_not_in_noise():
+    records, _ = planted_records(slope=0.5)
+    structured = partner_effects(records, 12)
+    assert structured.n_tested == 12 and structured.share_significant == 1.0
+    assert max(structured.p_values.values()) < 1e-6
+    noise = partner_effects(planted_records(slope=0.5, shuffle=True)[0], 12)
+    assert noise.n_tested == 12 and noise.share_significant <= 0.25  # 5% expected by chance
+    # a task seen in fewer subsets than it has partners cannot be tested
+    few = partner_effects([((0, 1), 0, 1.0), ((0, 2), 0, 2.0), ((0, 1), 1, 0.5), ((1, 2), 1, 0.7)], 3)
+    assert few.n_tested == 0 and few.n_untested == 2 and np.isnan(few.share_significant)
+
+
+def test_distance_summary_counts_each_model_once():
+    rows = [{"subset_id": s, "seed": 0, "distance": d} for s, d in enumerate([0.1, 0.2, 0.3, 0.4, 0.5]) for _ in range(3)]
+    summary = distance_summary(rows)
+    assert summary["models"] == 5 and summary["median"] == pytest.approx(0.3)
+    assert summary["p10"] == pytest.approx(np.percentile([0.1, 0.2, 0.3, 0.4, 0.5], 10))
+    assert distance_summary([{"subset_id": 0, "seed": 0, "distance": float("nan")}]) is None
+
+
+def test_calibrate_picks_the_setting_that_matches_the_truth_and_reports_held_out_rho():
+    records, _ = planted_records(slope=0.5)
+    truth = {(r[0], r[1]): r[2] for r in records}
+    rng = np.random.default_rng(3)
+    estimates = {
+        0.01: {key: value + rng.normal(0, 0.05) for key, value in truth.items()},  # close to the truth
+        1.0: {key: rng.normal() for key in truth},  # unrelated
+    }
+    result = calibrate(estimates, truth, seed=0)
+    assert result.best == 0.01 and result.rho_by_value[0.01] > 0.8 > 0.2 > abs(result.rho_by_value[1.0])
+    assert result.held_out > 0.8 and result.n_subsets == 300
+    with pytest.raises(UsageError, match="at least 4 trained subsets"):
+        calibrate({0.1: {((0, 1), 0): 1.0}}, {((0, 1), 0): 1.0})

@@ -5,6 +5,7 @@ meta-initializations, pairwise files, the uncovered-pairs warning and the refusa
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import shutil
 from pathlib import Path
@@ -97,6 +98,9 @@ def test_writes_estimate_csv_and_higher_order_affinity(folders, tmp_path, capsys
         assert row["source"] == "estimate" and row["seed"] == -1
         assert 0 < row["val_loss"] < 5 and 0 <= row["val_f1"] <= 1
         assert np.isnan(row["test_loss"]) and np.isnan(row["test_f1"])  # no test gradients were collected
+    # the estimate's implied move ‖P ŵ_S‖ / ‖θ*‖, one value per subset
+    moves = {row["subset"]: row["distance"] for row in rows}
+    assert all(0 < move < 10 for move in moves.values()) and all(row["distance"] == moves[row["subset"]] for row in rows)
 
     T = np.load(tmp_path / "tri_estimate_higher_order.npy")
     counts = np.load(tmp_path / "tri_estimate_higher_order_counts.npy")
@@ -270,3 +274,18 @@ def test_folder_without_validation_gradients_is_refused_before_writing(folders, 
     subsets.write_text("0 1\n")
     results = workdir / "results"
     refuse(fit_argv(folders.d4_train, subsets, results), results, capsys, "val")
+
+
+def test_calibrate_with_a_truth_picks_the_l2_that_made_it(folders, tmp_path, capsys):
+    """A 'truth' that is the estimate at λ = 0.1 itself: calibration over a grid holding 0.1 must choose it."""
+    every = tmp_path / "every.txt"
+    every.write_text("".join(" ".join(map(str, s)) + "\n" for size in (2, 3, 4) for s in itertools.combinations(range(4), size)))
+    fit(folders.grads[0], every, tmp_path, "--name", "made", "--l2", "0.1", "--no-count-flops")
+    truth = tmp_path / "made_estimate.csv"
+    grid = ["--l2-grid", "0.0001", "0.1", "100"]
+    fit(folders.grads[0], folders.triples, tmp_path, "--name", "cal", "--calibrate-with", str(truth), *grid, "--no-count-flops")
+    out = capsys.readouterr().out
+    assert "calibrated λ on 11 trained subsets" in out and "λ = 0.1, held-out ρ 1.000" in out
+    calibration = read_json(tmp_path / "cal_estimate.json")["calibration"]
+    assert calibration["chosen_l2"] == 0.1 == read_json(tmp_path / "cal_estimate.json")["l2"]
+    assert calibration["rho_by_l2"]["0.1"] == pytest.approx(1.0) and calibration["held_out_rho"] == pytest.approx(1.0)

@@ -185,6 +185,7 @@ def test_init_from_fine_tunes_the_checkpoint(tmp_path, workdir, capsys):
     rows = read_results(tmp_path / "results" / "lr0.csv")
     assert len(rows) == 4
     for row in rows:
+        assert row["distance"] == 0.0  # ‖W − θ*‖ / ‖θ*‖: nothing moved
         assert row["val_loss"] == pytest.approx(base_metrics["val"]["loss"][row["task"]], rel=1e-5)
         assert row["test_f1"] == pytest.approx(base_metrics["test"]["f1"][row["task"]], abs=1e-9)
     sidecar = json.loads((tmp_path / "results" / "lr0.json").read_text())
@@ -197,6 +198,9 @@ def test_init_from_fine_tunes_the_checkpoint(tmp_path, workdir, capsys):
     csv_path = tmp_path / "results" / "steps3.csv"
     rows = read_results(csv_path)
     assert len(rows) == 4 and any(row["val_loss"] != base_metrics["val"]["loss"][row["task"]] for row in rows)
+    distances = {row["subset"]: row["distance"] for row in rows}
+    assert all(0 < distance < 1 for distance in distances.values()) and len(distances) == 2
+    assert all(row["distance"] == distances[row["subset"]] for row in rows)  # one model per subset
     assert json.loads(csv_path.with_suffix(".json").read_text())["training"]["fixed_steps"] == 3
 
     # the recorded FLOPs (counted once per block and extrapolated) equal counting every operation
