@@ -83,7 +83,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--l2-grid",
         nargs="+",
         type=float,
-        default=[1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0],
+        default=[1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0, 3.0, 10.0],
         help="λ values tried by --calibrate-with",
     )
     parser.add_argument("--data-dir", default=None, help="dataset files, if not where step 1 found them (reconstructed)")

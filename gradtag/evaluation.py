@@ -338,9 +338,7 @@ class Calibration(NamedTuple):
     n_subsets: int
 
 
-def calibrate(
-    estimates_by_value: Mapping[float, Mapping | Iterable], truth: Mapping | Iterable, seed: int = 0
-) -> Calibration:
+def calibrate(estimates_by_value: Mapping[float, Mapping | Iterable], truth: Mapping | Iterable, seed: int = 0) -> Calibration:
     """Pick the setting (e.g. the regression's λ) whose estimates best match a truth trained on a few subsets.
 
     estimates_by_value: {value: score table of the estimate made with it}, on (at least) the truth's subsets;

@@ -19,7 +19,9 @@ BALANCED=${BALANCED:---balanced} # or --no-balanced: plain BCE
 EPOCHS=${EPOCHS:-300}            # early stopping usually ends training well before
 BASELINES=${BASELINES:-1}        # 0 skips the STL / MTL baselines (STL trains one model per task)
 PROJECT_DIM=200
-L2=0.01
+read -r -a TRUTH <<< "${TRUTH_FLAGS:-}"  # fine-tuned truth settings, e.g. TRUTH_FLAGS="--fixed-steps 50 --lr 1e-2"
+CALIBRATE=${CALIBRATE:-40}      # subsets trained for real to choose the regression's λ on (0: use L2 below)
+L2=0.01                          # regression L2 strength without calibration
 SEED=0
 RUN=all_seed${SEED}
 DATA=(--dataset "$DATASET" --data-dir "$DATA_DIR" --num-tasks "$NUM_TASKS")
@@ -35,10 +37,20 @@ TIMES=()
 step train_theta python train_multitask.py "${DATA[@]}" "${MODEL[@]}" --seed $SEED --overwrite "${EXTRA[@]}"
 step gradients python collect_gradients.py --checkpoint saved/$DATASET/$RUN --project-dim $PROJECT_DIM --overwrite "${EXTRA[@]}"
 step sample python sample_subsets.py "${DATA[@]}" --num-subsets "$SUBSETS" --subset-size "$SUBSET_SIZE" --seed $SEED --overwrite
+# λ must match the truth's regime (README, "The truth's regime"): train a few other subsets for real and pick it there
+CALIBRATION=()
+if [ "$CALIBRATE" -gt 0 ]; then
+    CAL_FILE=sampled_tasks/${DATASET}_m${CALIBRATE}_a${SUBSET_SIZE}_s$((SEED + 1)).txt
+    step sample_calibration python sample_subsets.py "${DATA[@]}" --num-subsets "$CALIBRATE" --subset-size "$SUBSET_SIZE" \
+        --seed $((SEED + 1)) --overwrite
+    step truth_calibration python train_multitask.py "${DATA[@]}" "${MODEL[@]}" --subsets-file "$CAL_FILE" \
+        --init-from saved/$DATASET/$RUN "${TRUTH[@]}" --overwrite "${EXTRA[@]}"
+    CALIBRATION=(--calibrate-with "results/$(basename "$CAL_FILE" .txt)_finetune.csv")
+fi
 step estimate python fit_linear_estimates.py --gradients gradients/$DATASET/${RUN}_d$PROJECT_DIM \
-    --subsets-file "$SUBSETS_FILE" --l2 $L2 "${EXTRA[@]}"
+    --subsets-file "$SUBSETS_FILE" --l2 $L2 "${CALIBRATION[@]}" "${EXTRA[@]}"
 step truth_finetune python train_multitask.py "${DATA[@]}" "${MODEL[@]}" --subsets-file "$SUBSETS_FILE" \
-    --init-from saved/$DATASET/$RUN --overwrite "${EXTRA[@]}"
+    --init-from saved/$DATASET/$RUN "${TRUTH[@]}" --overwrite "${EXTRA[@]}"
 step compare python compare_affinities.py --estimated results/${NAME}_estimate.csv --trained results/${NAME}_finetune.csv --k "$K"
 step cluster python run_clustering.py --affinity results/${NAME}_estimate_higher_order.npy --k "$K" \
     --out results/${DATASET}_groups.txt --overwrite

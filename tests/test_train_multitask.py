@@ -189,9 +189,12 @@ def test_init_from_fine_tunes_the_checkpoint(tmp_path, workdir, capsys):
         assert row["val_loss"] == pytest.approx(base_metrics["val"]["loss"][row["task"]], rel=1e-5)
         assert row["test_f1"] == pytest.approx(base_metrics["test"]["f1"][row["task"]], abs=1e-9)
     sidecar = json.loads((tmp_path / "results" / "lr0.json").read_text())
-    assert sidecar["mode"] == "finetune" and sidecar["training"]["fixed_steps"] == 50  # the fine-tuning default
+    assert sidecar["mode"] == "finetune" and sidecar["training"]["fixed_steps"] == 15  # the fine-tuning default
     assert sidecar["init"]["init_from"] == str(checkpoint)
 
+    default = ["--subsets-file", str(subsets_file), "--init-from", str(checkpoint), "--results-name", "default"]
+    run(tmp_path, *default)
+    assert json.loads((tmp_path / "results" / "default.json").read_text())["training"]["lr"] == 1e-3  # the truth's regime
     flags = ["--subsets-file", str(subsets_file), "--init-from", str(checkpoint), "--results-name", "steps3"]
     run(tmp_path, *flags, "--fixed-steps", "3")
     assert "trained 2 models" in capsys.readouterr().out
