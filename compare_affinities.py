@@ -62,6 +62,11 @@ def clustered(records, num_tasks: int, pairwise: bool, k: int, seed: int) -> lis
     affinity, filled = fill_uncovered(affinity)
     if filled:
         print(f"note: {filled} entries of T have no covering subset; clustering uses their row means")
+    return cluster_matrix(affinity, k, seed)
+
+
+def cluster_matrix(affinity, k: int, seed: int) -> list[list[int]]:
+    """The SDP groups of a filled (n, n) T, rows centred: how every T in the report is clustered."""
     return cluster(prepare_affinity(affinity), k, "sdp", seed).groups
 
 
@@ -70,7 +75,7 @@ def reliability(rows, records, num_tasks: int, pairwise: bool, k, seed) -> dict:
     ceiling at this m; not defined for pairwise files, one subset per entry) and its partner effects."""
     report = {"distance": distance_summary(rows)}
     if not pairwise:
-        cluster_fn = (lambda T: cluster(prepare_affinity(T), k, "sdp", seed).groups) if k is not None else None
+        cluster_fn = (lambda T: cluster_matrix(T, k, seed)) if k is not None else None
         report["split_half"] = split_half_reliability(records, num_tasks, seed=seed, cluster_fn=cluster_fn)._asdict()
     effects = partner_effects(records, num_tasks)
     report["partner_effect_share"], report["partner_effect_tasks_tested"] = effects.share_significant, effects.n_tested

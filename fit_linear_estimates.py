@@ -214,21 +214,13 @@ def calibrate_l2(args, folders: list[Path], configs: list[dict], num_tasks: int,
     truth = score_records(truth_rows, args.score)
     subsets = sorted({subset for subset, _, _ in truth})
     needed = sorted({task for subset in subsets for task in subset})
-    column, sign = SCORES[args.score]
     per_value = {l2: [] for l2 in args.l2_grid}
     for folder, config in zip(folders, configs, strict=True):
         data = load_gradient_folder(folder, ("train", "val"), num_tasks)
         for l2 in tqdm(args.l2_grid, desc=f"calibrate λ ({folder.name})", disable=args.no_progress):
             _, scores = estimate_one_base(args, data, config, subsets, needed, device, l2=l2)
             per_value[l2].append(scores)
-    estimates = {
-        l2: [
-            (subset, task, sign * float(np.mean([base[index, task][column] for base in bases])))
-            for index, subset in enumerate(subsets)
-            for task in subset
-        ]
-        for l2, bases in per_value.items()
-    }
+    estimates = {l2: score_records(averaged_rows(bases, subsets), args.score) for l2, bases in per_value.items()}
     result = calibrate(estimates, truth, seed=args.seed)
     record = {
         "truths": list(args.calibrate_with),
@@ -239,6 +231,28 @@ def calibrate_l2(args, folders: list[Path], configs: list[dict], num_tasks: int,
         "held_out_rho": result.held_out,
     }
     return result.best, record
+
+
+def averaged_rows(per_base: list[dict], subsets, distances=None) -> list[dict]:
+    """Result rows (``RESULT_COLUMNS``), one per (subset, task): each score averaged over the bases' score dicts
+    ``{(subset index, task): {column: value}}``; ``distance`` from ``distances`` (m,) when given, else NaN."""
+    rows = []
+    for index, subset in enumerate(subsets):
+        for task in subset:
+            values = {key: float(np.mean([base[index, task][key] for base in per_base])) for key in per_base[0][index, task]}
+            distance = float(distances[index]) if distances is not None else float("nan")
+            rows.append(
+                {
+                    "subset_id": index,
+                    "subset": subset_key(subset),
+                    "task": task,
+                    "seed": -1,
+                    **values,
+                    "distance": distance,
+                    "source": "estimate",
+                }
+            )
+    return rows
 
 
 def estimate_one_base(args, data: dict, config: dict, subsets, needed: list[int], device, l2: float | None = None):
@@ -313,21 +327,7 @@ def main(args: argparse.Namespace) -> None:
     # untimed diagnostic: how far each estimate moves θ*, averaged over the bases
     distances = np.mean([estimate_distances(config, w) for config, w in zip(configs, weights_per_base, strict=True)], axis=0)
 
-    rows = []
-    for index, subset in enumerate(subsets):
-        for task in subset:
-            values = {key: float(np.mean([base[index, task][key] for base in per_base])) for key in per_base[0][index, task]}
-            rows.append(
-                {
-                    "subset_id": index,
-                    "subset": subset_key(subset),
-                    "task": task,
-                    "seed": -1,
-                    **values,
-                    "distance": float(distances[index]),
-                    "source": "estimate",
-                }
-            )
+    rows = averaged_rows(per_base, subsets, distances)
     dataset = configs[0]["dataset"]
     name = args.name or Path(args.subsets_file).stem
     results_dir = Path(args.results_dir)

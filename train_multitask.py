@@ -132,12 +132,12 @@ def train_meta_initializations(args, dataset, device, options: dict) -> None:
         model = build_model(args.model, dataset.features.shape[2], dataset.features.shape[1] - 1, dataset.num_tasks, **options)
         model.to(device)
         start = time.perf_counter()
-        summary = train_model(model, dataset, tasks, train_config(args, dataset), device, seed, progress=not args.no_progress)
+        config = train_config(args, dataset)
+        summary = train_model(model, dataset, tasks, config, device, seed, progress=not args.no_progress)
         seconds = time.perf_counter() - start
         metrics = {"tasks": tasks, "seconds": seconds, **summary, **evaluate(model, dataset, tasks, device)}
         # is θ* usable by steps 2-3 (README: learned, not memorised, gradients not flat)? recorded; they warn or refuse
-        balanced = train_config(args, dataset).balanced
-        health = assess_base(metrics, task_gradient_norms(model, dataset, tasks, balanced, device))
+        health = assess_base(metrics, task_gradient_norms(model, dataset, tasks, config.balanced, device))
         save_checkpoint(folder, model)
         write_json(folder / "metrics.json", {**metrics, "health": health.to_json()})
         write_json(

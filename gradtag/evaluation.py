@@ -246,7 +246,7 @@ def split_half_reliability(scores: Mapping | Iterable, n: int, splits: int = 5, 
     rng = np.random.default_rng(seed)
     rhos, aris = [], []
     for _ in range(splits):
-        first = set(map(tuple, (subsets[i] for i in rng.permutation(len(subsets))[: len(subsets) // 2])))
+        first = {subsets[i] for i in rng.permutation(len(subsets))[: len(subsets) // 2]}
         halves = [{key: value for key, value in table.items() if (key[0] in first) == side} for side in (True, False)]
         matrices = [higher_order_affinity(half, n)[0] for half in halves]
         rho = per_task_spearman_rows(*matrices).mean
