@@ -66,8 +66,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     group.add_argument("--subsets-file", default=None, help="train one model per line of this sampled_tasks/groups file")
     group.add_argument(
         "--init-from",
+        nargs="+",
         default=None,
-        help="with --subsets-file: fine-tune this step-1 checkpoint folder instead of training from scratch",
+        metavar="CHECKPOINT",
+        help="with --subsets-file: fine-tune this step-1 checkpoint folder instead of training from scratch; several "
+        "folders (θ* seeds) fine-tune every subset from each, rows keyed by the base's seed: the CSV's seed average is "
+        "the truth for an estimate over the same M bases, and compare prints their agreement (the θ* ceiling)",
     )
     group.add_argument(
         "--truth-seeds", type=int, default=1, help="with --subsets-file: train every subset this many times (seeds)"
@@ -99,6 +103,8 @@ def validate(args: argparse.Namespace) -> None:
         raise UsageError(f"--lr {args.lr} must be >= 0")
     if args.fixed_steps is not None and args.fixed_steps < 1:
         raise UsageError("--fixed-steps must be at least 1")
+    if args.init_from and len(args.init_from) > 1 and args.truth_seeds > 1:
+        raise UsageError("--truth-seeds > 1 with several --init-from checkpoints: rows are keyed by the base's seed; pass one")
 
 
 def base_config(args: argparse.Namespace, dataset, options: dict) -> dict:
@@ -183,28 +189,45 @@ def train_config(args, dataset) -> TrainConfig:
     return TrainConfig(args.epochs, lr, weight_decay, args.batch_size, args.patience, fixed_steps, args.eval_every, balanced)
 
 
-def fine_tuning_start(args, dataset, device, options: dict) -> tuple[dict | None, dict | None, dict]:
-    """With ``--init-from``: the base weights, their identity and the base's model options; else (None, None, options)."""
+def fine_tuning_start(args, dataset, device, options: dict) -> tuple[list[tuple[int, dict | None]], object, dict]:
+    """The models' starts: ``[(seed, state or None)]``, their identity for the sidecar and the model options.
+
+    From scratch: one fresh initialisation per seed of ``--truth-seeds`` (state None). With ``--init-from``: every
+    checkpoint's weights under its own training seed (a base of seed s is fine-tuned with seed s: its batch order), the
+    identity a dict for one base (``init_from``, ``init_fingerprint``) and a list of them for several; the bases must
+    share one model and its options.
+    """
     if not args.init_from:
-        return None, None, options
-    base, base_config_json = load_checkpoint(args.init_from, device, dataset)
-    if base_config_json["model"] != args.model:
-        raise UsageError(f"--init-from {args.init_from} is a {base_config_json['model']!r} model; pass --model to match")
-    state = {key: value.clone() for key, value in base.state_dict().items()}
-    identity = {"init_from": str(args.init_from), "init_fingerprint": file_digest(Path(args.init_from) / "model.pt")}
-    return state, identity, base_config_json["model_options"]
+        return [(seed, None) for seed in range(args.seed, args.seed + args.truth_seeds)], None, options
+    starts, identities, base_options = [], [], None
+    for folder in args.init_from:
+        base, base_config_json = load_checkpoint(folder, device, dataset)
+        if base_config_json["model"] != args.model:
+            raise UsageError(f"--init-from {folder} is a {base_config_json['model']!r} model; pass --model to match")
+        if base_options is not None and base_config_json["model_options"] != base_options:
+            raise UsageError(f"--init-from {folder} has other model options than {args.init_from[0]}; fine-tune alike bases")
+        base_options = base_config_json["model_options"]
+        seed = base_config_json["seed"] if len(args.init_from) > 1 else args.seed
+        starts.append((seed, {key: value.clone() for key, value in base.state_dict().items()}))
+        identities.append({"init_from": str(folder), "init_fingerprint": file_digest(Path(folder) / "model.pt"), "seed": seed})
+    seeds = [seed for seed, _ in starts]
+    if len(set(seeds)) != len(seeds):
+        raise UsageError(f"--init-from checkpoints share a seed ({seeds}); pass bases of different seeds")
+    if len(identities) == 1:
+        identities = {key: identities[0][key] for key in ("init_from", "init_fingerprint")}
+    return starts, identities, base_options
 
 
 def train_subset_models(args, dataset, device, options: dict, subsets, csv_path: Path, source: str, init) -> tuple[list, float]:
-    """Train one model per subset and seed (``--truth-seeds``); keep every (subset, task, seed) row in ``csv_path``.
+    """Train one model per subset and start; keep every (subset, task, seed) row in ``csv_path``.
 
-    Every subset starts from the same weights: the seed's fresh initialisation, or ``init`` (state, identity) when
-    fine-tuning. Rows already in the CSV are skipped, after checking the CSV was made by the same settings.
+    ``init`` is ``(starts, identity)`` of :func:`fine_tuning_start`: every subset starts from the same weights per
+    seed, that seed's fresh initialisation or a checkpoint when fine-tuning. Rows already in the CSV are skipped, after checking the CSV was made by the same settings.
     The sidecar JSON records the seconds and FLOPs (``gradtag.flops``) spent training and scoring, summed over resumes.
     Returns all rows and the seconds spent on them.
     """
-    init_state, init_identity = init
-    mode = "finetune" if init_state is not None else "scratch"
+    starts, init_identity = init
+    mode = "finetune" if init_identity is not None else "scratch"
     identity = {
         **base_config(args, dataset, options),
         "subsets_file": source,
@@ -227,11 +250,11 @@ def train_subset_models(args, dataset, device, options: dict, subsets, csv_path:
         )
         rows, previous_seconds, previous_flops = read_results(csv_path), previous.get("seconds", 0.0), previous.get("flops", 0)
     done = {(row["subset_id"], row["seed"]) for row in rows}
-    jobs = [(index, seed) for index in range(len(subsets)) for seed in range(args.seed, args.seed + args.truth_seeds)]
+    jobs = [(index, seed) for index in range(len(subsets)) for seed, _ in starts]
     todo = [job for job in jobs if job not in done]
     write_json(sidecar, {**identity, "args": vars(args), "seconds": previous_seconds, "flops": previous_flops})
     start = time.perf_counter()
-    flops = train_each_subset(args, dataset, device, options, subsets, todo, init_state, rows, csv_path)
+    flops = train_each_subset(args, dataset, device, options, subsets, todo, dict(starts), rows, csv_path)
     seconds = time.perf_counter() - start
     total_seconds, total_flops = previous_seconds + seconds, previous_flops + flops
     write_json(sidecar, {**identity, "args": vars(args), "seconds": total_seconds, "flops": total_flops})
@@ -242,21 +265,23 @@ def train_subset_models(args, dataset, device, options: dict, subsets, csv_path:
     return rows, total_seconds
 
 
-def train_each_subset(args, dataset, device, options: dict, subsets, todo, init_state, rows: list, csv_path) -> int:
+def train_each_subset(args, dataset, device, options: dict, subsets, todo, states: dict, rows: list, csv_path) -> int:
     """Train and score the (subset index, seed) jobs in ``todo``, appending rows and rewriting ``csv_path`` after each.
+
+    ``states`` maps each seed to its start: a state dict to fine-tune, or None for the seed's fresh initialisation.
 
     Each row records the model's ``distance`` from its starting weights, ‖W − W₀‖ / ‖W₀‖ (θ* when fine-tuning).
 
     Returns the FLOPs spent: training (``train_model``'s count) and the final validation/test scoring of each model.
     """
-    mode = "finetune" if init_state is not None else "scratch"
+    mode = "finetune" if any(state is not None for state in states.values()) else "scratch"
     flops, scoring = 0, SampledFlops()
     for index, seed in tqdm(todo, desc=f"train {csv_path.stem} ({mode})", disable=args.no_progress):
         subset = list(subsets[index])
         seed_everything(seed)
         model = build_model(args.model, dataset.features.shape[2], dataset.features.shape[1] - 1, dataset.num_tasks, **options)
-        if init_state is not None:
-            model.load_state_dict(init_state)
+        if states[seed] is not None:
+            model.load_state_dict(states[seed])
         model.to(device)
         start_weights = flat_params(model)
         flops += train_model(model, dataset, subset, train_config(args, dataset), device, seed)["flops"]

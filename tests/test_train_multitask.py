@@ -213,6 +213,36 @@ def test_init_from_fine_tunes_the_checkpoint(tmp_path, workdir, capsys):
     assert recorded == exact.total > 0
 
 
+def test_init_from_several_bases_keys_rows_by_base_seed_and_matches_single_base_runs(tmp_path, workdir, capsys):
+    run(tmp_path, "--runs", "2")
+    bases = [tmp_path / "saved" / "planted" / f"all_seed{seed}" for seed in (0, 1)]
+    subsets_file = tmp_path / "subsets.txt"
+    subsets_file.write_text("0 1\n2 3 1\n")
+    flags = ["--subsets-file", str(subsets_file), "--fixed-steps", "3"]
+    run(tmp_path, *flags, "--init-from", *map(str, bases), "--results-name", "both")
+    rows = read_results(tmp_path / "results" / "both.csv")
+    assert len(rows) == 2 * 5 and {row["seed"] for row in rows} == {0, 1}
+    sidecar = json.loads((tmp_path / "results" / "both.json").read_text())
+    assert [entry["seed"] for entry in sidecar["init"]] == [0, 1]
+    assert [entry["init_from"] for entry in sidecar["init"]] == [str(base) for base in bases]
+    # each base's rows are what fine-tuning that base alone (with its own seed) gives, bit for bit
+    for seed, base in enumerate(bases):
+        run(tmp_path, *flags, "--init-from", str(base), "--seed", str(seed), "--results-name", f"only{seed}")
+        alone = read_results(tmp_path / "results" / f"only{seed}.csv")
+        mine = [row for row in rows if row["seed"] == seed]
+        assert [(r["subset"], r["task"], r["val_loss"], r["distance"]) for r in mine] == [
+            (r["subset"], r["task"], r["val_loss"], r["distance"]) for r in alone
+        ]
+    assert rows[0]["val_loss"] != next(r for r in rows if r["seed"] == 1 and r["task"] == rows[0]["task"])["val_loss"]
+    # resuming skips both bases' rows; several bases with several truth seeds would collide on the seed key
+    run(tmp_path, *flags, "--init-from", *map(str, bases), "--results-name", "both")
+    assert "trained 0 models (4 already done)" in capsys.readouterr().out
+    with pytest.raises(UsageError, match="--truth-seeds > 1 with several --init-from"):
+        run(tmp_path, *flags, "--init-from", *map(str, bases), "--truth-seeds", "2")
+    with pytest.raises(UsageError, match="share a seed"):
+        run(tmp_path, *flags, "--init-from", str(bases[0]), str(bases[0]), "--results-name", "twice")
+
+
 BAD_SUBSET_FILES = {
     "out of range": ("# header\n0 1\n0 4\n", ":3:", "out of range"),
     "repeated": ("0 1\n2 2\n", ":2:", "repeated"),
