@@ -222,7 +222,8 @@ def train_subset_models(args, dataset, device, options: dict, subsets, csv_path:
     """Train one model per subset and start; keep every (subset, task, seed) row in ``csv_path``.
 
     ``init`` is ``(starts, identity)`` of :func:`fine_tuning_start`: every subset starts from the same weights per
-    seed, that seed's fresh initialisation or a checkpoint when fine-tuning. Rows already in the CSV are skipped, after checking the CSV was made by the same settings.
+    seed, that seed's fresh initialisation or a checkpoint when fine-tuning. Rows already in the CSV are skipped,
+    after checking the CSV was made by the same settings.
     The sidecar JSON records the seconds and FLOPs (``gradtag.flops``) spent training and scoring, summed over resumes.
     Returns all rows and the seconds spent on them.
     """
