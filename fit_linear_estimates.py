@@ -7,10 +7,12 @@ Usage:
 
 For each subset S it fits ŵ_S on the training rows of the tasks in S with the base model's logit as a fixed offset and
 an L2 penalty, all subsets batched. Each task j in S is then scored on its validation (and test) samples, either
-``linearized`` (logits = base logit + projected gradient · ŵ_S; no network pass) or ``reconstructed`` (the network
-with weights Ŵ_S = θ* + P ŵ_S; the paper's way). Scores are averaged over the M meta-initializations given. Writes
-``results/<name>_estimate.csv`` (one row per subset and task) and the affinity matrix ``results/<name>_estimate_
-{pairwise,higher_order}.npy`` (pairwise when every subset is a pair, Eq. (1) otherwise) with its counts and JSON.
+``linearized`` (logits = base logit + projected gradient · ŵ_S; no network pass), ``reconstructed`` (the network
+with weights Ŵ_S = θ* + P ŵ_S; the paper's way) or ``second-order`` (the network's expansion to second order along
+P ŵ_S, Remark 3.1: the linearized logits plus ½ Δᵀ∇²f Δ, by forward-mode Hessian-vector products at θ*). Scores are
+averaged over the M meta-initializations given. Writes ``results/<name>_estimate.csv`` (one row per subset and
+task) and the affinity matrix ``results/<name>_estimate_{pairwise,higher_order}.npy`` (pairwise when every subset is a
+pair, Eq. (1) otherwise) with its counts and JSON.
 """
 
 from __future__ import annotations
@@ -41,14 +43,14 @@ from gradtag.artifacts import (
 from gradtag.cli import add_folder_args, add_run_args, add_strict_arg, resolve_device
 from gradtag.evaluation import calibrate
 from gradtag.flops import count_flops, format_flops
-from gradtag.gradients import flat_params, set_flat_params
+from gradtag.gradients import flat_params, set_flat_params, taylor_logits
 from gradtag.health import base_verdict
 from gradtag.projection import Projector
 from gradtag.regression import SOLVERS, fit_subsets, linearized_logits, mean_bce, prepare_tasks
 from gradtag.scores import SCORES, is_pairwise, save_affinity, score_records
 from gradtag.training import binary_f1, class_weights, evaluate, load_checkpoint
 
-EVAL_MODES = ("linearized", "reconstructed")
+EVAL_MODES = ("linearized", "reconstructed", "second-order")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -86,7 +88,9 @@ def get_args_parser() -> argparse.ArgumentParser:
         default=[1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0, 3.0, 10.0],
         help="λ values tried by --calibrate-with",
     )
-    parser.add_argument("--data-dir", default=None, help="dataset files, if not where step 1 found them (reconstructed)")
+    parser.add_argument(
+        "--data-dir", default=None, help="dataset files, if not where step 1 found them (reconstructed, second-order)"
+    )
     parser.add_argument("--name", default=None, help="result name (default: the subsets file stem)")
     add_strict_arg(parser)
     add_run_args(parser)
@@ -170,8 +174,12 @@ def linearized_scores(data: dict, subsets, weights: np.ndarray) -> dict:
     return scores
 
 
-def reconstructed_scores(config: dict, subsets, weights: np.ndarray, device, data_dir, progress: bool) -> dict:
-    """Scores of the network with weights Ŵ_S = θ* + P ŵ_S (Eq. 5) on each task's validation and test samples."""
+def network_scores(config: dict, subsets, weights: np.ndarray, mode: str, device, data_dir, progress: bool) -> dict:
+    """Scores from the network itself on each task's validation and test samples, with Δ_S = P ŵ_S:
+
+    ``reconstructed``: the network with weights Ŵ_S = θ* + Δ_S (Eq. 5); ``second-order``: its Taylor expansion
+    f(θ*) + ∇f·Δ_S + ½ Δ_Sᵀ∇²f Δ_S (Remark 3.1; exact directional derivatives, no projection of the curvature).
+    """
     checkpoint = Path(config["checkpoint"])
     checkpoint_config = read_json(checkpoint / "config.json")
     dataset = load_dataset(config["dataset"], data_dir or checkpoint_config["args"].get("data_dir"), **config["dataset_options"])
@@ -179,10 +187,18 @@ def reconstructed_scores(config: dict, subsets, weights: np.ndarray, device, dat
     projector = Projector.from_spec(config["projection"])
     base = flat_params(model).detach().clone()
     scores = {}
-    for index, subset in enumerate(tqdm(subsets, desc="reconstructed eval", disable=not progress)):
-        delta = projector.expand(torch.as_tensor(weights[index], dtype=torch.float32, device=device))
-        set_flat_params(model, base + delta.to(base))
-        metrics = evaluate(model, dataset, list(subset), device, splits=("val", "test"))
+    for index, subset in enumerate(tqdm(subsets, desc=f"{mode} eval", disable=not progress)):
+        delta = projector.expand(torch.as_tensor(weights[index], dtype=torch.float32, device=device)).to(base)
+        logits_fn = None
+        if mode == "reconstructed":
+            set_flat_params(model, base + delta)
+        else:
+
+            def logits_fn(nodes, delta=delta):
+                value, slope, curvature = taylor_logits(model, base, delta, dataset.features[nodes].to(device))
+                return (value + slope + 0.5 * curvature).cpu()
+
+        metrics = evaluate(model, dataset, list(subset), device, splits=("val", "test"), logits_fn=logits_fn)
         for column, task in enumerate(subset):
             scores[index, task] = {f"{s}_{m}": metrics[s][m][column] for s in ("val", "test") for m in ("loss", "f1")}
     set_flat_params(model, base)
@@ -274,7 +290,7 @@ def estimate_one_base(args, data: dict, config: dict, subsets, needed: list[int]
     weights = fit.weights.cpu().numpy()
     if args.eval == "linearized":
         return fit, linearized_scores(data, subsets, weights)
-    return fit, reconstructed_scores(config, subsets, weights, device, args.data_dir, not args.no_progress)
+    return fit, network_scores(config, subsets, weights, args.eval, device, args.data_dir, not args.no_progress)
 
 
 def main(args: argparse.Namespace) -> None:
@@ -310,7 +326,7 @@ def main(args: argparse.Namespace) -> None:
             if no_val:
                 raise UsageError(
                     f"{folder} lacks validation gradients of tasks {no_val[:10]}, which --eval linearized scores with; "
-                    "rerun collect_gradients.py with --splits train val, or use --eval reconstructed"
+                    "rerun collect_gradients.py with --splits train val, or use --eval reconstructed or second-order"
                 )
         fit, scores = estimate_one_base(args, data, config, subsets, needed, device)
         per_base.append(scores)

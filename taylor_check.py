@@ -36,25 +36,13 @@ from tqdm.auto import tqdm
 from data import load_dataset
 from gradtag.artifacts import UsageError, file_digest, package_versions, read_json, run_main, write_json
 from gradtag.cli import add_folder_args, add_run_args, resolve_device, seed_everything
-from gradtag.gradients import eval_mode, flat_params, trainable_parameters
+from gradtag.gradients import eval_mode, flat_params, trainable_parameters, unflatten_params
 from gradtag.training import TrainConfig, load_checkpoint, train_model
 
-METRICS = ("relative_distance", "residual_vs_change", "residual_vs_output")
+METRICS = ("relative_distance", "residual_vs_change", "residual_second_order_vs_change", "residual_vs_output")
 
 
 # ---------------------------------------------------------------------------------------------------------- the math
-def _unflatten(vector: torch.Tensor, shapes: dict[str, torch.Size]) -> dict[str, torch.Tensor]:
-    """Split a (p,) vector into named tensors of the given shapes, in the given (``named_parameters``) order."""
-    pieces, offset = {}, 0
-    for name, shape in shapes.items():
-        size = int(np.prod(shape)) if len(shape) else 1
-        pieces[name] = vector[offset : offset + size].view(shape)
-        offset += size
-    if offset != vector.numel():
-        raise ValueError(f"expected a vector of {offset} entries (trainable parameters), got {vector.numel()}")
-    return pieces
-
-
 def taylor_residuals(
     model: nn.Module,
     base_params: torch.Tensor,
@@ -72,6 +60,8 @@ def taylor_residuals(
     - ``residual_vs_change`` = Σ (f_W(x) − f̂(x))² / Σ (f_W(x) − f_θ*(x))²: the share of the change of the outputs
       (in squared norm) that the first-order term misses; → 0 like ‖Δ‖² as Δ → 0 (so its square root, the norm
       ratio, shrinks linearly in ‖Δ‖); 1 means the linear term explains nothing.
+    - ``residual_second_order_vs_change``: the same with f̂ + ½ Δᵀ∇²f_θ*(x)Δ (Remark 3.1's second-order term, exact by
+      forward-over-forward jvp): → 0 like ‖Δ‖⁴ where the network is smooth; what a second-order estimate could gain.
     - ``residual_vs_output`` = Σ (f_W(x) − f̂(x))² / Σ f_W(x)²: the error relative to the outputs themselves.
     - ``change_vs_output`` = Σ (f_W(x) − f_θ*(x))² / Σ f_W(x)²: how far the outputs moved at all (context).
     - ``relative_distance`` = ‖Δ‖ / ‖θ*‖ and ``distance`` = ‖Δ‖ (Euclidean norms over all trainable parameters).
@@ -98,12 +88,12 @@ def taylor_residuals(
     shapes = {name: param.shape for name, param in trainable_parameters(model).items()}
     base_flat, tuned_flat = base_params.to(device, dtype), tuned_params.to(device, dtype)
     delta_flat = tuned_flat - base_flat
-    base, tuned, delta = (_unflatten(vector, shapes) for vector in (base_flat, tuned_flat, delta_flat))
+    base, tuned, delta = (unflatten_params(vector, shapes) for vector in (base_flat, tuned_flat, delta_flat))
     constants = {name: param.detach() for name, param in model.named_parameters() if not param.requires_grad}
     constants.update(dict(model.named_buffers()))
     constants = {name: t.to(device, dtype) if t.is_floating_point() else t.to(device) for name, t in constants.items()}
     tasks = tasks.to(device).long()
-    sums = {"residual": 0.0, "change": 0.0, "output": 0.0}
+    sums = {"residual": 0.0, "residual_second": 0.0, "change": 0.0, "output": 0.0}
     with eval_mode(model), torch.no_grad():
         for start in range(0, len(x), batch_size):
             x_batch = x[start : start + batch_size].to(device, dtype)
@@ -112,9 +102,14 @@ def taylor_residuals(
             def own_logits(params: dict, x_batch=x_batch, task_batch=task_batch) -> torch.Tensor:
                 return functional_call(model, (params, constants), (x_batch,)).gather(1, task_batch).squeeze(1)
 
-            f_base, linear = jvp(own_logits, (base,), (delta,))
+            def own_first_order(params: dict, own_logits=own_logits) -> tuple[torch.Tensor, torch.Tensor]:
+                return jvp(own_logits, (params,), (delta,))
+
+            # forward over forward: f, ∇f·Δ and Δᵀ∇²fΔ in one call (the second-order term of Remark 3.1)
+            (f_base, linear), (_, curvature) = jvp(own_first_order, (base,), (delta,))
             f_tuned = own_logits(tuned)
             sums["residual"] += float((f_tuned - f_base - linear).pow(2).sum())
+            sums["residual_second"] += float((f_tuned - f_base - linear - 0.5 * curvature).pow(2).sum())
             sums["change"] += float((f_tuned - f_base).pow(2).sum())
             sums["output"] += float(f_tuned.pow(2).sum())
 
@@ -126,6 +121,7 @@ def taylor_residuals(
         "distance": distance,
         "relative_distance": ratio(distance, float(base_flat.norm())),
         "residual_vs_change": ratio(sums["residual"], sums["change"]),
+        "residual_second_order_vs_change": ratio(sums["residual_second"], sums["change"]),
         "residual_vs_output": ratio(sums["residual"], sums["output"]),
         "change_vs_output": ratio(sums["change"], sums["output"]),
         "num_samples": len(x),
@@ -210,18 +206,13 @@ def averages_by_steps(rows: list[dict], steps: list[int]) -> list[dict]:
 
 
 def print_table(rows: list[dict], averages: list[dict]) -> None:
-    print("| subset | steps | rel. distance ‖W−θ*‖/‖θ*‖ | residual vs change | residual vs output |")
-    print("|---|---:|---:|---:|---:|")
-    for row in rows:
-        print(
-            f"| {row['subset']} | {row['steps']} | {row['relative_distance']:.4f} | {row['residual_vs_change']:.2e} "
-            f"| {row['residual_vs_output']:.2e} |"
-        )
-    for row in averages:
-        print(
-            f"| **average** | {row['steps']} | {row['relative_distance']:.4f} | {row['residual_vs_change']:.2e} "
-            f"| {row['residual_vs_output']:.2e} |"
-        )
+    print(
+        "| subset | steps | rel. distance ‖W−θ*‖/‖θ*‖ | residual vs change | 2nd-order residual vs change | residual vs output |"
+    )
+    print("|---|---:|---:|---:|---:|---:|")
+    for label, row in [(row["subset"], row) for row in rows] + [("**average**", row) for row in averages]:
+        ratios = " | ".join(f"{row[key]:.2e}" for key in METRICS[1:])
+        print(f"| {label} | {row['steps']} | {row['relative_distance']:.4f} | {ratios} |")
 
 
 def main(args: argparse.Namespace) -> None:
@@ -277,6 +268,7 @@ def main(args: argparse.Namespace) -> None:
             "definitions": {
                 "relative_distance": "||W - θ*|| / ||θ*||",
                 "residual_vs_change": "Σ (f_W - f_θ* - ∇f_θ*·(W - θ*))² / Σ (f_W - f_θ*)²",
+                "residual_second_order_vs_change": "Σ (f_W - f_θ* - ∇f_θ*·Δ - ½ Δᵀ∇²f_θ*Δ)² / Σ (f_W - f_θ*)², Δ = W - θ*",
                 "residual_vs_output": "Σ (f_W - f_θ* - ∇f_θ*·(W - θ*))² / Σ f_W²",
                 "change_vs_output": "Σ (f_W - f_θ*)² / Σ f_W²",
             },

@@ -18,7 +18,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import torch
 from torch import nn
-from torch.func import functional_call, grad, vjp, vmap
+from torch.func import functional_call, grad, jvp, vjp, vmap
 from tqdm.auto import tqdm
 
 from gradtag.projection import Projector
@@ -57,6 +57,18 @@ def set_flat_params(model: nn.Module, vector: torch.Tensor) -> None:
     for param in params:
         param.copy_(vector[offset : offset + param.numel()].view_as(param))
         offset += param.numel()
+
+
+def unflatten_params(vector: torch.Tensor, shapes: dict[str, torch.Size]) -> dict[str, torch.Tensor]:
+    """Split a (p,) vector into named views of the given shapes, in the given (``named_parameters``) order."""
+    pieces, offset = {}, 0
+    for name, shape in shapes.items():
+        size = int(np.prod(shape)) if len(shape) else 1
+        pieces[name] = vector[offset : offset + size].view(shape)
+        offset += size
+    if offset != vector.numel():
+        raise ValueError(f"expected a vector of {offset} entries (trainable parameters), got {vector.numel()}")
+    return pieces
 
 
 @contextlib.contextmanager
@@ -254,3 +266,41 @@ def collect_projected_gradients(
         bar.update(len(target))
     bar.close()
     return gradients, logits
+
+
+# ---------------------------------------------------------------------------------------------------------- expansion
+def taylor_logits(
+    model: nn.Module, base: torch.Tensor, delta: torch.Tensor, x: torch.Tensor, batch_size: int = 8192
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The Taylor terms of the logits along Δ at θ: f(θ), ∇f(θ)·Δ and Δᵀ∇²f(θ)Δ, each (B, T).
+
+    f(x; θ + Δ) ≈ f + ∇f·Δ (Eq. 3, first order) + ½ Δᵀ∇²f Δ (the second-order term of the paper's Remark 3.1), with
+    the directional derivatives exact: forward-over-forward ``torch.func.jvp`` of the functional model (eval mode),
+    about three forward passes' work per batch and no Hessian formed.
+
+    Args:
+        model: maps (B, num_hops + 1, in_dim) to (B, T) logits; supplies the architecture and its buffers.
+        base: (p,) θ in :func:`flat_params` order; delta: (p,) Δ, same order.
+        x: (B, num_hops + 1, in_dim) float hop features.
+        batch_size: samples per jvp call (memory knob; no effect on the result).
+    """
+    params, constants = _state(model, x.device)
+    shapes = {name: param.shape for name, param in params.items()}
+    dtype = next(iter(params.values())).dtype
+    theta = unflatten_params(base.to(x.device, dtype), shapes)
+    tangent = unflatten_params(delta.to(x.device, dtype), shapes)
+    terms = ([], [], [])
+    with eval_mode(model), torch.no_grad():
+        for start in range(0, len(x), batch_size):
+            x_batch = x[start : start + batch_size].to(dtype)
+
+            def logits(p: dict, x_batch=x_batch) -> torch.Tensor:
+                return functional_call(model, (p, constants), (x_batch,))
+
+            def first_order(p: dict) -> tuple[torch.Tensor, torch.Tensor]:
+                return jvp(logits, (p,), (tangent,))
+
+            (value, slope), (_, curvature) = jvp(first_order, (theta,), (tangent,))
+            for collected, term in zip(terms, (value, slope, curvature), strict=True):
+                collected.append(term)
+    return tuple(torch.cat(collected) for collected in terms)

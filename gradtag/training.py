@@ -78,10 +78,13 @@ def evaluate(
     device: torch.device,
     splits=("train", "val", "test"),
     flops: SampledFlops | None = None,
+    logits_fn=None,
 ) -> dict:
     """Per task and split: F1 of the positive class (threshold logit 0) and mean BCE.
 
     ``flops``, if given, tallies the forward passes (per node scored; see ``gradtag.flops.SampledFlops``).
+    ``logits_fn(nodes) -> (len(nodes), n) tensor``, if given, supplies the logits instead of the model's forward pass
+    (e.g. a Taylor expansion of the model).
 
     Returns ``{split: {"f1": (len(tasks),) list, "loss": list, "macro_f1": float, "mean_loss": float,
     "all_positive_f1": list, "all_positive_macro_f1": float}}``, the last two being the per-task F1 of the trivial
@@ -92,7 +95,8 @@ def evaluate(
         mask = dataset.masks[split][:, tasks]
         nodes = np.flatnonzero(mask.any(axis=1))
         with flops.measure(len(nodes)) if flops is not None else contextlib.nullcontext():
-            logits = predict_logits(model, dataset.features, nodes, device)[:, tasks].numpy()
+            logits = (logits_fn or (lambda chosen: predict_logits(model, dataset.features, chosen, device)))(nodes)
+            logits = logits[:, tasks].numpy()
         labels = dataset.labels[nodes][:, tasks]
         f1s, losses = [], []
         for column in range(len(tasks)):

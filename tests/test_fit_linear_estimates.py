@@ -171,6 +171,19 @@ def test_reconstructed_eval_is_close_to_linearized_for_small_steps(folders, work
         assert np.isfinite(row["test_loss"]) and 0 <= row["test_f1"] <= 1  # the network scores the test split too
 
 
+def test_second_order_eval_sits_between_linearized_and_the_network(folders, workdir):
+    # Remark 3.1: adding ½ Δᵀ∇²f Δ to the linearized logits moves each score toward the network's own at θ* + P ŵ_S
+    flags = ["--l2", "1"]
+    for name, mode in (("lin", "linearized"), ("rec", "reconstructed"), ("sec", "second-order")):
+        fit(folders.grads[0], folders.triples, workdir, "--name", name, *flags, "--eval", mode)
+    lin, rec, sec = (by_key(read_results(workdir / f"{name}_estimate.csv")) for name in ("lin", "rec", "sec"))
+    assert lin.keys() == rec.keys() == sec.keys() and read_json(workdir / "sec_estimate.json")["eval"] == "second-order"
+    gap_first = np.array([abs(lin[key]["val_loss"] - rec[key]["val_loss"]) for key in rec])
+    gap_second = np.array([abs(sec[key]["val_loss"] - rec[key]["val_loss"]) for key in rec])
+    assert gap_first.min() > 0 and gap_second.mean() < 0.5 * gap_first.mean()
+    assert all(np.isfinite(row["test_loss"]) and 0 <= row["test_f1"] <= 1 for row in sec.values())
+
+
 def test_pairs_file_gives_the_pairwise_affinity(folders, tmp_path):
     pairs = tmp_path / "pairs.txt"
     argv = [*TINY_PLANTED_FLAGS, "--pairs", "--out", str(pairs)]

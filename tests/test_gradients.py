@@ -12,6 +12,7 @@ from gradtag.gradients import (
     output_gradients,
     output_gradients_multi,
     set_flat_params,
+    taylor_logits,
 )
 from gradtag.projection import Projector
 from models import build_model
@@ -178,3 +179,39 @@ def test_first_order_expansion_in_projected_space():
     set_flat_params(model, theta)
     # Halving the step divides a second-order remainder by about four (float32 logits limit the floor).
     assert errors[1] < errors[0] / 2.5
+
+
+@pytest.mark.parametrize("batch_norm", [False, True], ids=["plain", "batch-norm"])
+def test_taylor_logits_match_autograd_hessian(batch_norm):
+    # f, ∇f·Δ and Δᵀ∇²fΔ of every logit against an explicit autograd Hessian per logit (float64, eval mode)
+    model = tiny_sign(batch_norm)
+    x = node_features()[:5]
+    base = flat_params(model)
+    delta = torch.randn(base.numel(), generator=torch.Generator().manual_seed(2), dtype=torch.float64) * 0.01
+    value, slope, curvature = taylor_logits(model, base, delta, x, batch_size=2)
+    assert value.shape == slope.shape == curvature.shape == (5, NUM_TASKS)
+
+    model.eval()
+    shapes = [param.shape for param in model.parameters()]
+
+    def logits_at(vector):
+        pieces, offset = {}, 0
+        for (name, _), shape in zip(model.named_parameters(), shapes, strict=True):
+            pieces[name] = vector[offset : offset + shape.numel()].view(shape)
+            offset += shape.numel()
+        return torch.func.functional_call(model, pieces, (x,))
+
+    jacobian = torch.autograd.functional.jacobian(logits_at, base)  # (5, T, p)
+    torch.testing.assert_close(value, logits_at(base))
+    torch.testing.assert_close(slope, jacobian @ delta)
+    for sample, task in [(0, 0), (2, 3), (4, NUM_TASKS - 1)]:
+        hessian = torch.autograd.functional.hessian(lambda v, s=sample, t=task: logits_at(v)[s, t], base)
+        assert float(hessian.abs().max()) > 0  # products of weights across layers: a real second-order term
+        torch.testing.assert_close(curvature[sample, task], delta @ hessian @ delta)
+    # the second-order expansion is closer to the network at θ + Δ than the first-order one, for a small Δ (median:
+    # a sample whose ReLU switches between θ and θ + Δ is beyond any expansion)
+    small = delta / 10
+    value, slope, curvature = taylor_logits(model, base, small, x)
+    exact = logits_at(base + small)
+    first, second = value + slope, value + slope + 0.5 * curvature
+    assert (exact - second).abs().median() < 0.1 * (exact - first).abs().median()

@@ -81,6 +81,10 @@ def test_residual_vanishes_like_the_square_of_the_step(batch_norm):
         assert result["relative_distance"] == pytest.approx(scale, rel=1e-12)
     ratios = [results[i]["residual_vs_change"] / results[i + 1]["residual_vs_change"] for i in range(len(scales) - 1)]
     assert all(3.0 < ratio < 5.0 for ratio in ratios), ratios  # halving ‖Δ‖ quarters the ratio of squares
+    # with the second-order term (Remark 3.1) the residual is O(‖Δ‖³), so its ratio of squares to the change is O(‖Δ‖⁴)
+    second = [result["residual_second_order_vs_change"] for result in results]
+    assert all(second[i] / second[i + 1] > 3.0 for i in range(len(second) - 1)), second
+    assert all(s < 1e-3 * r["residual_vs_change"] for s, r in zip(second, results, strict=True))
     assert results[-1]["residual_vs_change"] < 1e-8
     tiny = taylor_residuals(model, base, base + 1e-7 * base.norm() * direction, x, tasks)
     assert tiny["residual_vs_change"] < 1e-10 and tiny["residual_vs_output"] < 1e-20
