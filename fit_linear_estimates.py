@@ -42,6 +42,7 @@ from gradtag.artifacts import (
 )
 from gradtag.cli import add_folder_args, add_run_args, add_strict_arg, resolve_device
 from gradtag.evaluation import calibrate
+from gradtag.exact_step import ExactStep
 from gradtag.flops import count_flops, format_flops
 from gradtag.gradients import flat_params, set_flat_params, taylor_logits
 from gradtag.health import base_verdict
@@ -51,6 +52,7 @@ from gradtag.scores import SCORES, is_pairwise, save_affinity, score_records
 from gradtag.training import binary_f1, class_weights, evaluate, load_checkpoint
 
 EVAL_MODES = ("linearized", "reconstructed", "second-order")
+STEP3_SOLVERS = (*SOLVERS, "exact-step")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -61,7 +63,12 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--l2", type=float, default=0.01, help="L2 strength λ of the regression (on mean-normalised per-task losses)"
     )
     parser.add_argument(
-        "--solver", default="newton-cg", choices=SOLVERS, help="exact Newton (-cg: matrix-free) or one Newton step from w=0"
+        "--solver",
+        default="newton-cg",
+        choices=STEP3_SOLVERS,
+        help="exact Newton (-cg: matrix-free), one Newton step from w=0, or exact-step: the strong-λ limit of every "
+        "solver computed without the projection, Δ_S = −∇L_S(θ*)/λ scored by exact Jacobian-vector products at θ* "
+        "(gradtag/exact_step.py; reads the checkpoint and dataset, not the gradient files)",
     )
     parser.add_argument("--eval", default="linearized", choices=EVAL_MODES, help="how each task of a subset is scored")
     parser.add_argument("--score", default="loss", choices=sorted(SCORES), help="affinity entry: -val loss or val F1")
@@ -180,10 +187,7 @@ def network_scores(config: dict, subsets, weights: np.ndarray, mode: str, device
     ``reconstructed``: the network with weights Ŵ_S = θ* + Δ_S (Eq. 5); ``second-order``: its Taylor expansion
     f(θ*) + ∇f·Δ_S + ½ Δ_Sᵀ∇²f Δ_S (Remark 3.1; exact directional derivatives, no projection of the curvature).
     """
-    checkpoint = Path(config["checkpoint"])
-    checkpoint_config = read_json(checkpoint / "config.json")
-    dataset = load_dataset(config["dataset"], data_dir or checkpoint_config["args"].get("data_dir"), **config["dataset_options"])
-    model, _ = load_checkpoint(checkpoint, device, dataset)
+    dataset, model = load_base(config, device, data_dir)
     projector = Projector.from_spec(config["projection"])
     base = flat_params(model).detach().clone()
     scores = {}
@@ -232,10 +236,9 @@ def calibrate_l2(args, folders: list[Path], configs: list[dict], num_tasks: int,
     needed = sorted({task for subset in subsets for task in subset})
     per_value = {l2: [] for l2 in args.l2_grid}
     for folder, config in zip(folders, configs, strict=True):
-        data = load_gradient_folder(folder, ("train", "val"), num_tasks)
+        estimator = base_estimator(args, folder, config, num_tasks, needed, device, ("val",))
         for l2 in tqdm(args.l2_grid, desc=f"calibrate λ ({folder.name})", disable=args.no_progress):
-            _, scores = estimate_one_base(args, data, config, subsets, needed, device, l2=l2)
-            per_value[l2].append(scores)
+            per_value[l2].append(estimator(subsets, l2)[0])
     estimates = {l2: score_records(averaged_rows(bases, subsets), args.score) for l2, bases in per_value.items()}
     result = calibrate(estimates, truth, seed=args.seed)
     record = {
@@ -271,9 +274,35 @@ def averaged_rows(per_base: list[dict], subsets, distances=None) -> list[dict]:
     return rows
 
 
-def estimate_one_base(args, data: dict, config: dict, subsets, needed: list[int], device, l2: float | None = None):
-    """Fit ŵ_S for every subset on one base model's gradients (L2 strength ``l2``, default ``--l2``) and score its
-    tasks: (SubsetFit, scores)."""
+def base_estimator(args, folder: Path, config: dict, num_tasks: int, needed: list[int], device, splits):
+    """What step 3 shares across subsets and λ values for one base model, as a function
+    ``estimate(subsets, l2) -> (scores, distances, unconverged)``: the scores ``{(subset index, task): {column: value}}``
+    of ``splits``, a callable giving the (m,) moves ‖Δ_S‖/‖θ*‖ (an untimed diagnostic) and the number of regressions
+    that did not converge.
+
+    ``--solver exact-step`` builds :class:`gradtag.exact_step.ExactStep` from the checkpoint (no gradient files read);
+    the regression solvers read the folder's projected gradients (training rows, and ``splits`` to score on) once.
+    """
+    if args.solver == "exact-step":
+        dataset, model = load_base(config, device, args.data_dir)
+        balanced = config.get("training", {}).get("balanced", False)
+        exact = ExactStep(model, dataset, needed, balanced, device, splits)
+
+        def estimate_exact(subsets, l2):
+            return exact.scores(subsets, l2), lambda: exact.distances(subsets, l2), 0
+
+        return estimate_exact
+    data = load_gradient_folder(folder, ("train", *splits), num_tasks)
+    missing = [task for task in needed if data["train"]["gradients"][task] is None]
+    if missing:
+        raise UsageError(f"{folder} lacks training gradients of tasks {missing[:10]}; run collect_gradients.py for them")
+    if args.eval == "linearized":
+        no_val = [task for task in needed if data["val"]["gradients"][task] is None]
+        if no_val:
+            raise UsageError(
+                f"{folder} lacks validation gradients of tasks {no_val[:10]}, which --eval linearized scores with; "
+                "rerun collect_gradients.py with --splits train val, or use --eval reconstructed or second-order"
+            )
     train = data["train"]
     stand_in = train["gradients"][needed[0]]  # tasks outside every subset are never read; keep shapes valid
     labels = [y if y is not None else np.zeros(len(stand_in)) for y in train["labels"]]
@@ -286,16 +315,33 @@ def estimate_one_base(args, data: dict, config: dict, subsets, needed: list[int]
         device=device,
         row_weights_list=[class_weights(y[:, None] > 0.5, np.ones((len(y), 1), bool), balanced)[:, 0] for y in labels],
     )
-    fit = fit_subsets(task_data, subsets, args.l2 if l2 is None else l2, solver=args.solver, batch_size=args.batch_size)
-    weights = fit.weights.cpu().numpy()
-    if args.eval == "linearized":
-        return fit, linearized_scores(data, subsets, weights)
-    return fit, network_scores(config, subsets, weights, args.eval, device, args.data_dir, not args.no_progress)
+
+    def estimate_regression(subsets, l2):
+        fit = fit_subsets(task_data, subsets, l2, solver=args.solver, batch_size=args.batch_size)
+        weights = fit.weights.cpu().numpy()
+        if args.eval == "linearized":
+            scores = linearized_scores(data, subsets, weights)
+        else:
+            scores = network_scores(config, subsets, weights, args.eval, device, args.data_dir, not args.no_progress)
+        return scores, lambda: estimate_distances(config, weights), int((~fit.converged).sum())
+
+    return estimate_regression
+
+
+def load_base(config: dict, device, data_dir=None):
+    """(dataset, θ*) of a step-2 folder's checkpoint, the dataset rebuilt from the checkpoint's own settings."""
+    checkpoint = Path(config["checkpoint"])
+    checkpoint_config = read_json(checkpoint / "config.json")
+    dataset = load_dataset(config["dataset"], data_dir or checkpoint_config["args"].get("data_dir"), **config["dataset_options"])
+    model, _ = load_checkpoint(checkpoint, device, dataset)
+    return dataset, model
 
 
 def main(args: argparse.Namespace) -> None:
     if args.l2 < 0 or args.batch_size < 1 or min(args.l2_grid) < 0:
         raise UsageError("--l2 and every --l2-grid value must be >= 0, and --batch-size >= 1")
+    if args.solver == "exact-step" and (args.eval != "linearized" or args.l2 == 0 or min(args.l2_grid) == 0):
+        raise UsageError("--solver exact-step scores --eval linearized only and needs --l2 (and --l2-grid values) > 0")
     device = resolve_device(args.device)
     folders = [Path(folder) for folder in args.gradients]
     configs = check_folders(folders)
@@ -315,33 +361,23 @@ def main(args: argparse.Namespace) -> None:
             f"λ = {args.l2:g}, held-out ρ {calibration['held_out_rho']:.3f}"
         )
     start = time.perf_counter()
-    per_base, weights_per_base, total_flops, counting_seconds = [], [], 0, 0.0
+    per_base, distance_fns, total_flops, counting_seconds = [], [], 0, 0.0
     for folder, config in zip(folders, configs, strict=True):
-        data = load_gradient_folder(folder, ("train", "val", "test"), num_tasks)
-        missing = [task for task in needed if data["train"]["gradients"][task] is None]
-        if missing:
-            raise UsageError(f"{folder} lacks training gradients of tasks {missing[:10]}; run collect_gradients.py for them")
-        if args.eval == "linearized":
-            no_val = [task for task in needed if data["val"]["gradients"][task] is None]
-            if no_val:
-                raise UsageError(
-                    f"{folder} lacks validation gradients of tasks {no_val[:10]}, which --eval linearized scores with; "
-                    "rerun collect_gradients.py with --splits train val, or use --eval reconstructed or second-order"
-                )
-        fit, scores = estimate_one_base(args, data, config, subsets, needed, device)
+        estimator = base_estimator(args, folder, config, num_tasks, needed, device, ("val", "test"))
+        scores, distance_fn, unconverged = estimator(subsets, args.l2)
         per_base.append(scores)
-        weights_per_base.append(fit.weights.cpu().numpy())
+        distance_fns.append(distance_fn)
         if args.count_flops:  # a second, untimed pass: the counter slows small ops several-fold
             counting_start = time.perf_counter()
             with count_flops() as flops:
-                estimate_one_base(args, data, config, subsets, needed, device)
+                base_estimator(args, folder, config, num_tasks, needed, device, ("val", "test"))(subsets, args.l2)
             total_flops += flops.total
             counting_seconds += time.perf_counter() - counting_start
-        if not bool(fit.converged.all()):
-            print(f"warning: {int((~fit.converged).sum())} of {len(subsets)} regressions did not converge in {folder}")
+        if unconverged:
+            print(f"warning: {unconverged} of {len(subsets)} regressions did not converge in {folder}")
     seconds = time.perf_counter() - start - counting_seconds
     # untimed diagnostic: how far each estimate moves θ*, averaged over the bases
-    distances = np.mean([estimate_distances(config, w) for config, w in zip(configs, weights_per_base, strict=True)], axis=0)
+    distances = np.mean([distance_fn() for distance_fn in distance_fns], axis=0)
 
     rows = averaged_rows(per_base, subsets, distances)
     dataset = configs[0]["dataset"]

@@ -304,3 +304,30 @@ def taylor_logits(
             for collected, term in zip(terms, (value, slope, curvature), strict=True):
                 collected.append(term)
     return tuple(torch.cat(collected) for collected in terms)
+
+
+def jacobian_products(model: nn.Module, x: torch.Tensor, tangents: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
+    """∇θ f(x; θ)·v_k for every sample, output and direction: (B, T, K), in the parameters' dtype.
+
+    ``x``: (B, num_hops + 1, in_dim) hop features; ``tangents``: (K, p) directions in :func:`flat_params` order. One
+    forward-mode ``torch.func.jvp`` per batch, vmapped over the K directions (eval mode); exact, no projection.
+    ``batch_size`` samples per call bounds the memory (K × batch_size × the widest layer) and does not change the
+    result.
+    """
+    params, constants = _state(model, x.device)
+    shapes = {name: param.shape for name, param in params.items()}
+    dtype = next(iter(params.values())).dtype
+    tangents = tangents.to(x.device, dtype)
+    parts = []
+    with eval_mode(model), torch.no_grad():
+        for start in range(0, len(x), batch_size):
+            x_batch = x[start : start + batch_size].to(dtype)
+
+            def logits(p: dict, x_batch=x_batch) -> torch.Tensor:
+                return functional_call(model, (p, constants), (x_batch,))
+
+            def along(direction: torch.Tensor) -> torch.Tensor:
+                return jvp(logits, (params,), (unflatten_params(direction, shapes),))[1]
+
+            parts.append(vmap(along)(tangents).permute(1, 2, 0))  # (K, b, T) -> (b, T, K)
+    return torch.cat(parts) if parts else torch.empty(0, 0, len(tangents), dtype=dtype)

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from gradtag.artifacts import UsageError, read_json
-from gradtag.training import class_weights, masked_bce
+from gradtag.training import task_loss_gradients
 
 # A task is *learned* when its validation F1 beats its own all-positive predictor's validation F1 by this much
 # (absolute). Each task is compared with its own trivial predictor because positive rates differ between tasks (a
@@ -175,24 +175,9 @@ def assess_base(metrics: dict, grad_norms=None) -> BaseHealth:
 
 
 def task_gradient_norms(model: torch.nn.Module, dataset, tasks: list[int], balanced: bool, device) -> np.ndarray:
-    """(len(tasks),) float64: ‖∇θ L_j(θ*)‖ over the trainable parameters, for each task j in ``tasks``.
-
-    L_j is the loss θ* was trained with, restricted to task j: the (class-balanced if ``balanced``,
-    :func:`~gradtag.training.class_weights`) mean BCE over j's training nodes (:func:`~gradtag.training.masked_bce`),
-    without the weight-decay term. One forward and backward per task, in eval mode (as step 2 takes its gradients).
-    """
-    model.eval()
-    params = [param for param in model.parameters() if param.requires_grad]
-    norms = []
-    for task in tasks:
-        nodes = dataset.samples(task, "train")
-        labels = dataset.labels[nodes, task][:, None]
-        weights = torch.as_tensor(class_weights(labels, np.ones_like(labels, dtype=bool), balanced), device=device)
-        logits = model(dataset.features[nodes].to(device))[:, [task]]
-        loss = masked_bce(logits, torch.as_tensor(labels, dtype=logits.dtype, device=device), weights)
-        grads = torch.autograd.grad(loss, params, allow_unused=True)
-        norms.append(float(torch.sqrt(sum(g.double().pow(2).sum() for g in grads if g is not None))))
-    return np.asarray(norms, dtype=np.float64)
+    """(len(tasks),) float64: ‖∇θ L_j(θ*)‖ over the trainable parameters, for each task j in ``tasks``
+    (:func:`~gradtag.training.task_loss_gradients`: the loss θ* was trained with, without weight decay)."""
+    return task_loss_gradients(model, dataset, tasks, balanced, device).double().norm(dim=1).cpu().numpy()
 
 
 # ---------------------------------------------------------------------------------------------------------- reading

@@ -118,6 +118,30 @@ def evaluate(
     return result
 
 
+def task_loss_gradients(model: torch.nn.Module, dataset, tasks: list[int], balanced: bool, device) -> torch.Tensor:
+    """(len(tasks), p) ∇θ L_j(θ) over the trainable parameters (``gradtag.gradients.flat_params`` order), per task j.
+
+    L_j is the loss the model was trained with, restricted to task j: the (class-balanced if ``balanced``,
+    :func:`class_weights`) mean BCE over j's training nodes (:func:`masked_bce`), without the weight-decay term. One
+    forward and backward per task, in eval mode (as step 2 takes its gradients). Float32 like the model.
+    """
+    was_training = model.training
+    model.eval()
+    params = [param for param in model.parameters() if param.requires_grad]
+    rows = []
+    for task in tasks:
+        nodes = dataset.samples(task, "train")
+        labels = dataset.labels[nodes, task][:, None]
+        weights = torch.as_tensor(class_weights(labels, np.ones_like(labels, dtype=bool), balanced), device=device)
+        logits = model(dataset.features[nodes].to(device))[:, [task]]
+        loss = masked_bce(logits, torch.as_tensor(labels, dtype=logits.dtype, device=device), weights)
+        grads = torch.autograd.grad(loss, params, allow_unused=True)
+        pieces = [torch.zeros_like(param) if g is None else g for g, param in zip(grads, params, strict=True)]
+        rows.append(torch.cat([piece.reshape(-1) for piece in pieces]))
+    model.train(was_training)
+    return torch.stack(rows).detach() if rows else torch.empty(0, sum(param.numel() for param in params))
+
+
 def l2_penalty(model: torch.nn.Module, tasks: torch.Tensor) -> torch.Tensor:
     """Sum of squared weights of the shared layers and of the trained tasks' output rows only.
 

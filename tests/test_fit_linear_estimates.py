@@ -13,13 +13,18 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import torch
 
 import fit_linear_estimates
 import sample_subsets
 from gradtag.affinity import higher_order_affinity
 from gradtag.artifacts import RESULT_COLUMNS, read_json, read_results
+from gradtag.exact_step import ExactStep
+from gradtag.gradients import flat_params, taylor_logits
+from gradtag.projection import Projector
 from gradtag.regression import fit_subsets, prepare_tasks
 from gradtag.scores import score_records
+from gradtag.training import class_weights
 from tests.conftest import TINY_PLANTED_FLAGS, exit_status
 from tests.test_collect_gradients import collect, train_checkpoints
 
@@ -184,6 +189,44 @@ def test_second_order_eval_sits_between_linearized_and_the_network(folders, work
     assert all(np.isfinite(row["test_loss"]) and 0 <= row["test_f1"] <= 1 for row in sec.values())
 
 
+def test_exact_step_is_the_strong_penalty_limit_of_the_regression_without_projection(folders, workdir):
+    config = read_json(folders.grads[0] / "config.json")
+    dataset, model = fit_linear_estimates.load_base(config, "cpu")
+    balanced = config["training"]["balanced"]
+    exact = ExactStep(model, dataset, [0, 1, 2, 3], balanced, "cpu", splits=("val",))
+    # projected, its task gradients are the regression's gradients at w = 0 (whose −1/λ multiple is ŵ_S as λ → ∞)
+    train = fit_linear_estimates.load_gradient_folder(folders.grads[0], ("train",), 4)["train"]
+    labels = train["labels"]
+    weights = [class_weights(y[:, None] > 0.5, np.ones((len(y), 1), bool), balanced)[:, 0] for y in labels]
+    task_data = prepare_tasks(train["gradients"], train["outputs"], labels, row_weights_list=weights)
+    projected = Projector.from_spec(config["projection"]).project(exact.gradients.float()).double()
+    torch.testing.assert_close(projected, task_data.grad, rtol=1e-3, atol=1e-6)
+    fitted = fit_subsets(task_data, [(0, 1, 2)], l2=1e6, solver="newton-cg").weights[0]
+    torch.testing.assert_close(fitted * 1e6, -task_data.grad[:3].mean(0), rtol=1e-3, atol=1e-6)
+
+    # its scores are the linearised logits o + J Δ_S with Δ_S = −mean_{k∈S} ∇L_k / λ, by an independent jvp
+    l2 = 3.0
+    scores = exact.scores([(0, 1, 2), (1, 3)], l2)
+    delta = -exact.gradients[[1, 3]].mean(0) / l2
+    for task in (1, 3):
+        nodes = dataset.samples(task, "val")
+        value, slope, _ = taylor_logits(model, flat_params(model), delta.float(), dataset.features[nodes])
+        z = (value + slope)[:, task].double().numpy()
+        y = dataset.labels[nodes, task].astype(float)
+        assert scores[1, task]["val_loss"] == pytest.approx(np.mean(np.logaddexp(0, z) - y * z), rel=1e-5)
+    assert exact.distances([(1, 3)], l2)[0] == pytest.approx(float(delta.norm() / flat_params(model).double().norm()))
+
+    # end to end: the CSV of --solver exact-step, and what it refuses
+    fit(folders.grads[0], folders.triples, workdir, "--name", "ex", "--solver", "exact-step", "--l2", "3")
+    rows = read_results(workdir / "ex_estimate.csv")
+    assert len(rows) == 12 and read_json(workdir / "ex_estimate.json")["solver"] == "exact-step"
+    assert all(np.isfinite(row["test_loss"]) and row["distance"] > 0 for row in rows)  # scored on val and test
+    for extra in (["--eval", "reconstructed"], ["--l2", "0"]):
+        argv = fit_argv(folders.grads[0], folders.triples, workdir / "no", "--solver", "exact-step", *extra)
+        assert exit_status(fit_linear_estimates.main, fit_linear_estimates.get_args_parser(), argv) == 2
+        assert not (workdir / "no").exists()
+
+
 def test_pairs_file_gives_the_pairwise_affinity(folders, tmp_path):
     pairs = tmp_path / "pairs.txt"
     argv = [*TINY_PLANTED_FLAGS, "--pairs", "--out", str(pairs)]
@@ -289,14 +332,16 @@ def test_folder_without_validation_gradients_is_refused_before_writing(folders, 
     refuse(fit_argv(folders.d4_train, subsets, results), results, capsys, "val")
 
 
-def test_calibrate_with_a_truth_picks_the_l2_that_made_it(folders, tmp_path, capsys):
+@pytest.mark.parametrize("solver", ["newton-cg", "exact-step"])
+def test_calibrate_with_a_truth_picks_the_l2_that_made_it(folders, tmp_path, capsys, solver):
     """A 'truth' that is the estimate at λ = 0.1 itself: calibration over a grid holding 0.1 must choose it."""
     every = tmp_path / "every.txt"
     every.write_text("".join(" ".join(map(str, s)) + "\n" for size in (2, 3, 4) for s in itertools.combinations(range(4), size)))
-    fit(folders.grads[0], every, tmp_path, "--name", "made", "--l2", "0.1", "--no-count-flops")
+    flags = ["--solver", solver, "--no-count-flops"]
+    fit(folders.grads[0], every, tmp_path, "--name", "made", "--l2", "0.1", *flags)
     truth = tmp_path / "made_estimate.csv"
     grid = ["--l2-grid", "0.0001", "0.1", "100"]
-    fit(folders.grads[0], folders.triples, tmp_path, "--name", "cal", "--calibrate-with", str(truth), *grid, "--no-count-flops")
+    fit(folders.grads[0], folders.triples, tmp_path, "--name", "cal", "--calibrate-with", str(truth), *grid, *flags)
     out = capsys.readouterr().out
     assert "calibrated λ on 11 trained subsets" in out and "λ = 0.1, held-out ρ 1.000" in out
     calibration = read_json(tmp_path / "cal_estimate.json")["calibration"]

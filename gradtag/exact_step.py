@@ -1,0 +1,90 @@
+"""Step 3 without the projection: the strong-penalty limit of the subset regressions, computed exactly at θ*.
+
+For a large L2 strength λ every solver of :mod:`gradtag.regression` gives ŵ_S → −(1/λ) ∇_w L_S(0) = −(1/λ) Pᵀ ∇θ L_S(θ*)
+(the regression's gradient at w = 0 is the projected gradient of the subset's training loss), so the estimate moves θ*
+by Δ_S = P ŵ_S ≈ −(1/λ) P Pᵀ ∇θ L_S(θ*). P Pᵀ is the identity only up to the Johnson–Lindenstrauss error: inner
+products of projected gradients are off by about 1/√d of the product of their norms, and on real graphs that noise,
+not the linearisation, is what separates the estimate from the fine-tuned truth (README, "Measured levers").
+
+:class:`ExactStep` computes the same limit with no projection:
+
+    Δ_S = −(1/λ) ∇θ L_S(θ*),   L_S = mean_{k∈S} L_k   (the regression's normalisation, :mod:`gradtag.regression`),
+
+with L_k task k's (class-balanced if θ* was) mean training BCE, and scores task j ∈ S by the linearised logits of
+Eq. 4, o_j + J_j Δ_S = o_j − (1/λ) mean_{k∈S} J_j ∇θ L_k, J_j the exact Jacobian of task j's logits on its samples. The
+products J_j ∇θ L_k (one forward-mode pass per task and direction, :func:`gradtag.gradients.jacobian_products`) are
+shared by every subset and every λ, so a λ grid costs nothing more. Cost: n backward passes (the task gradients) plus
+n × (samples scored) forward-mode products; memory n floats per scored sample.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from gradtag.gradients import flat_params, jacobian_products
+from gradtag.regression import mean_bce
+from gradtag.training import binary_f1, task_loss_gradients
+
+
+class ExactStep:
+    """The shared products of the exact strong-penalty estimate for one base model (see the module docstring).
+
+    Args:
+        model: θ*, the network (left unchanged).
+        dataset: its dataset (features, labels, splits).
+        tasks: the tasks any subset holds; only these are differentiated and scored.
+        balanced: whether θ* was trained with the class-balanced loss (then so is every L_k).
+        device: where the products are computed.
+        splits: the splits scored.
+    """
+
+    def __init__(self, model, dataset, tasks: Sequence[int], balanced: bool, device, splits=("val", "test")):
+        self.tasks = list(tasks)
+        self.column = {task: column for column, task in enumerate(self.tasks)}
+        gradients = task_loss_gradients(model, dataset, self.tasks, balanced, device)  # (n, p)
+        self.gradients = gradients.double()
+        self.base_norm = float(flat_params(model).double().norm())
+        self.outputs, self.products, self.labels = {}, {}, {}
+        for split in splits:
+            for task in self.tasks:
+                nodes = dataset.samples(task, split)
+                x = dataset.features[nodes].to(device)
+                with torch.no_grad():
+                    model.eval()
+                    self.outputs[split, task] = model(x)[:, task].double()
+                self.products[split, task] = jacobian_products(model, x, gradients)[:, task, :].double()  # (N, n)
+                self.labels[split, task] = dataset.labels[nodes, task]
+
+    def distances(self, subsets: Sequence[Sequence[int]], l2: float) -> np.ndarray:
+        """(m,) ‖Δ_S‖ / ‖θ*‖ of every subset's move."""
+        return np.array([float(self._mean_gradient(subset).norm()) / l2 / self.base_norm for subset in subsets])
+
+    def _mean_gradient(self, subset: Sequence[int]) -> torch.Tensor:
+        return self.gradients[[self.column[task] for task in subset]].mean(0)
+
+    def scores(self, subsets: Sequence[Sequence[int]], l2: float) -> dict:
+        """{(subset index, task): {"<split>_loss", "<split>_f1"}} of the linearised logits o_j + J_j Δ_S at λ = ``l2``."""
+        if not l2 > 0:
+            raise ValueError(f"the exact step needs λ > 0 (Δ_S = −∇L_S/λ), got {l2}")
+        scores = {}
+        for (split, task), products in self.products.items():
+            holders = [index for index, subset in enumerate(subsets) if task in subset]
+            if not holders:
+                continue
+            # (m_j, n) averaging weights: row i averages the columns of subset i's tasks
+            averaging = torch.zeros(len(holders), len(self.tasks), dtype=torch.float64, device=products.device)
+            for row, index in enumerate(holders):
+                columns = [self.column[member] for member in subsets[index]]
+                averaging[row, columns] = 1.0 / len(columns)
+            logits = self.outputs[split, task][None, :] - (averaging @ products.T) / l2  # (m_j, N)
+            losses = mean_bce(logits, self.labels[split, task]).cpu().numpy()
+            predicted = (logits > 0).cpu().numpy()
+            labels = self.labels[split, task] > 0.5
+            for row, index in enumerate(holders):
+                entry = scores.setdefault((index, task), {})
+                entry[f"{split}_loss"] = float(losses[row])
+                entry[f"{split}_f1"] = binary_f1(predicted[row], labels)
+        return scores
