@@ -280,13 +280,14 @@ def base_estimator(args, folder: Path, config: dict, num_tasks: int, needed: lis
     of ``splits``, a callable giving the (m,) moves ‖Δ_S‖/‖θ*‖ (an untimed diagnostic) and the number of regressions
     that did not converge.
 
-    ``--solver exact-step`` builds :class:`gradtag.exact_step.ExactStep` from the checkpoint (no gradient files read);
+    ``--solver exact-step`` builds :class:`gradtag.exact_step.ExactStep` from the checkpoint (no gradient files read)
+    and scores the validation split only (test scores NaN, as a regression on a folder without test gradients gives);
     the regression solvers read the folder's projected gradients (training rows, and ``splits`` to score on) once.
     """
     if args.solver == "exact-step":
         dataset, model = load_base(config, device, args.data_dir)
         balanced = config.get("training", {}).get("balanced", False)
-        exact = ExactStep(model, dataset, needed, balanced, device, splits)
+        exact = ExactStep(model, dataset, needed, balanced, device, ("val",))
 
         def estimate_exact(subsets, l2):
             return exact.scores(subsets, l2), lambda: exact.distances(subsets, l2), 0

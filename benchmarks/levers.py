@@ -17,7 +17,8 @@ are kept), so a killed run picks up where it stopped and a second run only re-es
   ``min(--subsets)`` subsets and the calibration subsets from every base, and on the remaining subsets from base 0.
 
 Then each row of the table changes one setting of the default (M = 1, d = 200, m = min(--subsets), λ calibrated on the
-trained calibration subsets for validation loss, newton-cg, linearized scoring) and runs ``fit_linear_estimates.py``.
+trained calibration subsets for validation loss, newton-cg, linearized scoring) and runs ``fit_linear_estimates.py``;
+the "exact step" rows use ``--solver exact-step`` (the strong-λ limit without the projection, λ calibrated the same way).
 An estimate over M bases is compared with the truth averaged over the same M θ*s (the target for M > 1); "θ* ceiling"
 is the per-task ρ between the truths of those θ*s (how far one θ*'s truth predicts another's), and "split-half" the
 truth's own T over two halves of its subsets (rows ρ, Spearman–Brown-corrected to all m): the ceilings to read every
@@ -56,8 +57,15 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--subsets", nargs="+", type=int, default=[200, 1000, 2000], help="numbers of subsets m")
     parser.add_argument("--subset-size", type=int, default=5, help="tasks per subset")
     parser.add_argument("--calibrate", type=int, default=40, help="separately trained subsets λ is calibrated on")
-    parser.add_argument("--l2-values", nargs="+", type=float, default=[1e-3, 1e-2, 1e-1, 1.0, 10.0], help="fixed λ rows")
+    parser.add_argument("--l2-values", nargs="+", type=float, default=[1e-2, 1e-1, 1.0, 10.0], help="fixed λ rows")
     parser.add_argument("--evals", nargs="+", default=["reconstructed", "second-order"], help="scorings compared with linearized")
+    parser.add_argument(
+        "--l2-grid",
+        nargs="+",
+        type=float,
+        default=[1e-2, 3e-2, 1e-1, 3e-1, 1.0, 3.0, 10.0, 30.0, 100.0],
+        help="λ values the calibration tries (fit_linear_estimates.py --l2-grid)",
+    )
     parser.add_argument("--k", type=int, default=5, help="groups for the ARI of estimated against true T")
     parser.add_argument("--threads", type=int, default=1, help="torch and BLAS threads")
     parser.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"], help="device of every step")
@@ -159,6 +167,9 @@ def settings(args) -> list[dict]:
     rows += [{**default, "label": f"M = {M}", "M": M} for M in args.ms if M != 1]
     rows += [{**default, "label": f"{mode} scoring", "flags": ["--eval", mode]} for mode in args.evals]
     rows += [{**default, "label": "one Newton step", "flags": ["--solver", "onestep"]}]
+    exact = {**default, "flags": ["--solver", "exact-step"]}
+    rows += [{**exact, "label": "exact step (no projection)"}]
+    rows += [{**exact, "label": f"exact step, M = {M}", "M": M} for M in args.ms if M != 1]
     rows += [{**default, "label": f"m = {m}", "m": m} for m in args.subsets if m != default["m"]]
     return [row for row in rows if args.only is None or row["label"] in args.only]
 
@@ -173,6 +184,7 @@ def estimate(args, work: Work, row: dict, index: int) -> tuple[list[dict], dict,
     argv += ["--results-dir", str(work.results / "estimates"), "--no-count-flops", "--device", args.device, "--no-progress"]
     if row["calibrate"]:
         argv += ["--calibrate-with", str(calibration_file(work, row["M"])), "--score", row["calibrate"]]
+        argv += ["--l2-grid", *map(str, args.l2_grid)]
     cpu = time.process_time()
     step(args, work, fit_linear_estimates, argv + row["flags"])
     cpu = time.process_time() - cpu

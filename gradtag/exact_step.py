@@ -38,10 +38,10 @@ class ExactStep:
         tasks: the tasks any subset holds; only these are differentiated and scored.
         balanced: whether θ* was trained with the class-balanced loss (then so is every L_k).
         device: where the products are computed.
-        splits: the splits scored.
+        splits: the splits scored (memory: n float32 per sample of each).
     """
 
-    def __init__(self, model, dataset, tasks: Sequence[int], balanced: bool, device, splits=("val", "test")):
+    def __init__(self, model, dataset, tasks: Sequence[int], balanced: bool, device, splits=("val",)):
         self.tasks = list(tasks)
         self.column = {task: column for column, task in enumerate(self.tasks)}
         gradients = task_loss_gradients(model, dataset, self.tasks, balanced, device)  # (n, p)
@@ -55,7 +55,7 @@ class ExactStep:
                 with torch.no_grad():
                     model.eval()
                     self.outputs[split, task] = model(x)[:, task].double()
-                self.products[split, task] = jacobian_products(model, x, gradients)[:, task, :].double()  # (N, n)
+                self.products[split, task] = jacobian_products(model, x, gradients)[:, task, :]  # (N, n) float32
                 self.labels[split, task] = dataset.labels[nodes, task]
 
     def distances(self, subsets: Sequence[Sequence[int]], l2: float) -> np.ndarray:
@@ -79,7 +79,7 @@ class ExactStep:
             for row, index in enumerate(holders):
                 columns = [self.column[member] for member in subsets[index]]
                 averaging[row, columns] = 1.0 / len(columns)
-            logits = self.outputs[split, task][None, :] - (averaging @ products.T) / l2  # (m_j, N)
+            logits = self.outputs[split, task][None, :] - (averaging @ products.double().T) / l2  # (m_j, N)
             losses = mean_bce(logits, self.labels[split, task]).cpu().numpy()
             predicted = (logits > 0).cpu().numpy()
             labels = self.labels[split, task] > 0.5

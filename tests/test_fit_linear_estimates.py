@@ -220,7 +220,7 @@ def test_exact_step_is_the_strong_penalty_limit_of_the_regression_without_projec
     fit(folders.grads[0], folders.triples, workdir, "--name", "ex", "--solver", "exact-step", "--l2", "3")
     rows = read_results(workdir / "ex_estimate.csv")
     assert len(rows) == 12 and read_json(workdir / "ex_estimate.json")["solver"] == "exact-step"
-    assert all(np.isfinite(row["test_loss"]) and row["distance"] > 0 for row in rows)  # scored on val and test
+    assert all(np.isfinite(row["val_loss"]) and np.isnan(row["test_loss"]) and row["distance"] > 0 for row in rows)
     for extra in (["--eval", "reconstructed"], ["--l2", "0"]):
         argv = fit_argv(folders.grads[0], folders.triples, workdir / "no", "--solver", "exact-step", *extra)
         assert exit_status(fit_linear_estimates.main, fit_linear_estimates.get_args_parser(), argv) == 2
