@@ -86,7 +86,7 @@ def add_training_args(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=None,
         help="L2 penalty (x/2 * sum of squares) on the shared weights and the trained tasks' output rows "
-        "(default: the dataset's recommended value; planted 1e-3, SNAP 0)",
+        "(default: the dataset's recommended value, planted 1e-2, SNAP 0; with --init-from, the base's own)",
     )
     group.add_argument("--batch-size", type=int, default=4096, help="training nodes per optimisation step")
     group.add_argument(
@@ -99,8 +99,8 @@ def add_training_args(parser: argparse.ArgumentParser) -> None:
         "--balanced",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="weigh each task's positives and negatives equally in the loss (default: the dataset's recommended value; "
-        "planted: on, SNAP: off as in the paper)",
+        help="weigh each task's positives and negatives equally in the loss (default: the dataset's recommended value, "
+        "planted on, SNAP off as in the paper; with --init-from, the base's own)",
     )
     group.add_argument(
         "--eval-every", type=int, default=5, help="epochs between validation checks for early stopping (speed knob)"

@@ -213,6 +213,20 @@ def test_init_from_fine_tunes_the_checkpoint(tmp_path, workdir, capsys):
     assert recorded == exact.total > 0
 
 
+def test_init_from_continues_the_base_objective_unless_a_flag_overrides_it(tmp_path, workdir):
+    run(tmp_path, "--weight-decay", "0.005", "--no-balanced")
+    checkpoint = tmp_path / "saved" / "planted" / "all_seed0"
+    subsets_file = tmp_path / "pairs.txt"
+    subsets_file.write_text("0 1\n")
+    flags = ["--subsets-file", str(subsets_file), "--init-from", str(checkpoint), "--fixed-steps", "2"]
+    run(tmp_path, *flags, "--results-name", "inherited")
+    training = json.loads((tmp_path / "results" / "inherited.json").read_text())["training"]
+    assert training["weight_decay"] == 0.005 and training["balanced"] is False  # the planted default is 1e-2, balanced
+    run(tmp_path, *flags, "--results-name", "overridden", "--weight-decay", "0", "--balanced")
+    training = json.loads((tmp_path / "results" / "overridden.json").read_text())["training"]
+    assert training["weight_decay"] == 0 and training["balanced"] is True
+
+
 def test_init_from_several_bases_keys_rows_by_base_seed_and_matches_single_base_runs(tmp_path, workdir, capsys):
     run(tmp_path, "--runs", "2")
     bases = [tmp_path / "saved" / "planted" / f"all_seed{seed}" for seed in (0, 1)]
