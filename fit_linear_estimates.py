@@ -89,11 +89,20 @@ def get_args_parser() -> argparse.ArgumentParser:
         "(chosen on half the subsets, scored on the other) is printed and recorded",
     )
     parser.add_argument(
+        "--calibrate-solvers",
+        nargs="+",
+        default=None,
+        choices=STEP3_SOLVERS,
+        metavar="SOLVER",
+        help="with --calibrate-with: choose the solver too, the best (solver, λ) of these solvers × --l2-grid "
+        f"(from {', '.join(STEP3_SOLVERS)}; default: --solver only)",
+    )
+    parser.add_argument(
         "--l2-grid",
         nargs="+",
         type=float,
-        default=[1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0, 3.0, 10.0],
-        help="λ values tried by --calibrate-with",
+        default=[1e-2, 3e-2, 1e-1, 3e-1, 1.0, 3.0, 10.0, 30.0, 100.0],
+        help="λ values tried by --calibrate-with (below 1e-2 newton-cg takes minutes on real graphs and never won)",
     )
     parser.add_argument(
         "--data-dir", default=None, help="dataset files, if not where step 1 found them (reconstructed, second-order)"
@@ -223,9 +232,9 @@ def estimate_distances(config: dict, weights: np.ndarray, chunk: int = 64) -> np
     return np.concatenate(norms) / base_norm
 
 
-def calibrate_l2(args, folders: list[Path], configs: list[dict], num_tasks: int, device) -> tuple[float, dict]:
-    """λ from ``--l2-grid`` that best matches the trained subsets of ``--calibrate-with`` (see
-    :func:`gradtag.evaluation.calibrate`); returns it and a JSON-ready record of the calibration."""
+def calibrate_l2(args, folders: list[Path], configs: list[dict], num_tasks: int, device) -> tuple[str, float, dict]:
+    """The (solver, λ) of ``--calibrate-solvers`` × ``--l2-grid`` whose estimates best match the trained subsets of
+    ``--calibrate-with`` (see :func:`gradtag.evaluation.calibrate`); returns them and a JSON-ready record."""
     truth_rows = []
     for path in args.calibrate_with:
         meta = read_json(Path(path).with_suffix(".json"))
@@ -234,22 +243,27 @@ def calibrate_l2(args, folders: list[Path], configs: list[dict], num_tasks: int,
     truth = score_records(truth_rows, args.score)
     subsets = sorted({subset for subset, _, _ in truth})
     needed = sorted({task for subset in subsets for task in subset})
-    per_value = {l2: [] for l2 in args.l2_grid}
+    solvers = args.calibrate_solvers or [args.solver]
+    per_setting = {(solver, l2): [] for solver in solvers for l2 in args.l2_grid}
     for folder, config in zip(folders, configs, strict=True):
-        estimator = base_estimator(args, folder, config, num_tasks, needed, device, ("val",))
-        for l2 in tqdm(args.l2_grid, desc=f"calibrate λ ({folder.name})", disable=args.no_progress):
-            per_value[l2].append(estimator(subsets, l2)[0])
-    estimates = {l2: score_records(averaged_rows(bases, subsets), args.score) for l2, bases in per_value.items()}
+        for solver in solvers:
+            estimator = base_estimator(args, folder, config, num_tasks, needed, device, ("val",), solver)
+            for l2 in tqdm(args.l2_grid, desc=f"calibrate λ ({solver}, {folder.name})", disable=args.no_progress):
+                per_setting[solver, l2].append(estimator(subsets, l2)[0])
+    estimates = {key: score_records(averaged_rows(bases, subsets), args.score) for key, bases in per_setting.items()}
     result = calibrate(estimates, truth, seed=args.seed)
+    solver, l2 = result.best
     record = {
         "truths": list(args.calibrate_with),
         "score": args.score,
         "subsets": result.n_subsets,
-        "rho_by_l2": {str(l2): rho for l2, rho in result.rho_by_value.items()},
-        "chosen_l2": result.best,
+        "rho_by_l2": {str(value): rho for (name, value), rho in result.rho_by_value.items() if name == solver},
+        "rho_by_setting": {f"{name} {value:g}": rho for (name, value), rho in result.rho_by_value.items()},
+        "chosen_solver": solver,
+        "chosen_l2": l2,
         "held_out_rho": result.held_out,
     }
-    return result.best, record
+    return solver, l2, record
 
 
 def averaged_rows(per_base: list[dict], subsets, distances=None) -> list[dict]:
@@ -274,7 +288,7 @@ def averaged_rows(per_base: list[dict], subsets, distances=None) -> list[dict]:
     return rows
 
 
-def base_estimator(args, folder: Path, config: dict, num_tasks: int, needed: list[int], device, splits):
+def base_estimator(args, folder: Path, config: dict, num_tasks: int, needed: list[int], device, splits, solver: str):
     """What step 3 shares across subsets and λ values for one base model, as a function
     ``estimate(subsets, l2) -> (scores, distances, unconverged)``: the scores ``{(subset index, task): {column: value}}``
     of ``splits``, a callable giving the (m,) moves ‖Δ_S‖/‖θ*‖ (an untimed diagnostic) and the number of regressions
@@ -284,7 +298,7 @@ def base_estimator(args, folder: Path, config: dict, num_tasks: int, needed: lis
     and scores the validation split only (test scores NaN, as a regression on a folder without test gradients gives);
     the regression solvers read the folder's projected gradients (training rows, and ``splits`` to score on) once.
     """
-    if args.solver == "exact-step":
+    if solver == "exact-step":
         dataset, model = load_base(config, device, args.data_dir)
         balanced = config.get("training", {}).get("balanced", False)
         exact = ExactStep(model, dataset, needed, balanced, device, ("val",))
@@ -318,7 +332,7 @@ def base_estimator(args, folder: Path, config: dict, num_tasks: int, needed: lis
     )
 
     def estimate_regression(subsets, l2):
-        fit = fit_subsets(task_data, subsets, l2, solver=args.solver, batch_size=args.batch_size)
+        fit = fit_subsets(task_data, subsets, l2, solver=solver, batch_size=args.batch_size)
         weights = fit.weights.cpu().numpy()
         if args.eval == "linearized":
             scores = linearized_scores(data, subsets, weights)
@@ -341,8 +355,12 @@ def load_base(config: dict, device, data_dir=None):
 def main(args: argparse.Namespace) -> None:
     if args.l2 < 0 or args.batch_size < 1 or min(args.l2_grid) < 0:
         raise UsageError("--l2 and every --l2-grid value must be >= 0, and --batch-size >= 1")
-    if args.solver == "exact-step" and (args.eval != "linearized" or args.l2 == 0 or min(args.l2_grid) == 0):
+    if "exact-step" in [args.solver, *(args.calibrate_solvers or [])] and (
+        args.eval != "linearized" or args.l2 == 0 or min(args.l2_grid) == 0
+    ):
         raise UsageError("--solver exact-step scores --eval linearized only and needs --l2 (and --l2-grid values) > 0")
+    if args.calibrate_solvers and not args.calibrate_with:
+        raise UsageError("--calibrate-solvers chooses among solvers on trained subsets: pass --calibrate-with too")
     device = resolve_device(args.device)
     folders = [Path(folder) for folder in args.gradients]
     configs = check_folders(folders)
@@ -355,23 +373,24 @@ def main(args: argparse.Namespace) -> None:
     needed = sorted({task for subset in subsets for task in subset})
     calibration = None
     if args.calibrate_with:
-        args.l2, calibration = calibrate_l2(args, folders, configs, num_tasks, device)
-        rhos = ", ".join(f"{l2:g}: {rho:.3f}" for l2, rho in zip(args.l2_grid, calibration["rho_by_l2"].values(), strict=True))
+        args.solver, args.l2, calibration = calibrate_l2(args, folders, configs, num_tasks, device)
+        rhos = ", ".join(f"{setting}: {rho:.3f}" for setting, rho in calibration["rho_by_setting"].items())
         print(
-            f"calibrated λ on {calibration['subsets']} trained subsets ({args.score}; per-task ρ by λ: {rhos}): "
-            f"λ = {args.l2:g}, held-out ρ {calibration['held_out_rho']:.3f}"
+            f"calibrated λ on {calibration['subsets']} trained subsets ({args.score}; per-task ρ by solver and λ: {rhos}): "
+            f"{args.solver}, λ = {args.l2:g}, held-out ρ {calibration['held_out_rho']:.3f}"
         )
     start = time.perf_counter()
     per_base, distance_fns, total_flops, counting_seconds = [], [], 0, 0.0
     for folder, config in zip(folders, configs, strict=True):
-        estimator = base_estimator(args, folder, config, num_tasks, needed, device, ("val", "test"))
+        estimator = base_estimator(args, folder, config, num_tasks, needed, device, ("val", "test"), args.solver)
         scores, distance_fn, unconverged = estimator(subsets, args.l2)
         per_base.append(scores)
         distance_fns.append(distance_fn)
         if args.count_flops:  # a second, untimed pass: the counter slows small ops several-fold
             counting_start = time.perf_counter()
             with count_flops() as flops:
-                base_estimator(args, folder, config, num_tasks, needed, device, ("val", "test"))(subsets, args.l2)
+                estimator = base_estimator(args, folder, config, num_tasks, needed, device, ("val", "test"), args.solver)
+                estimator(subsets, args.l2)
             total_flops += flops.total
             counting_seconds += time.perf_counter() - counting_start
         if unconverged:

@@ -18,7 +18,7 @@ Spearman ≥ 0.8 and raw relative distance ≈ 0.01 even for poor estimates), so
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from typing import NamedTuple
 
 import numpy as np
@@ -332,14 +332,14 @@ class Calibration(NamedTuple):
     two halves (what the choice is worth on subsets it did not see); n_subsets: calibration subsets used.
     """
 
-    best: float
-    rho_by_value: dict[float, float]
+    best: Hashable
+    rho_by_value: dict[Hashable, float]
     held_out: float
     n_subsets: int
 
 
-def calibrate(estimates_by_value: Mapping[float, Mapping | Iterable], truth: Mapping | Iterable, seed: int = 0) -> Calibration:
-    """Pick the setting (e.g. the regression's λ) whose estimates best match a truth trained on a few subsets.
+def calibrate(estimates_by_value: Mapping[Hashable, Mapping | Iterable], truth: Mapping | Iterable, seed: int = 0) -> Calibration:
+    """Pick the setting (the regression's λ, a (solver, λ) pair) whose estimates best match a truth trained on a few subsets.
 
     estimates_by_value: {value: score table of the estimate made with it}, on (at least) the truth's subsets;
     truth: the trained score table. The criterion is :func:`per_task_spearman_subsets` (the headline figure); the
@@ -352,7 +352,7 @@ def calibrate(estimates_by_value: Mapping[float, Mapping | Iterable], truth: Map
     if len(subsets) < 4:
         raise UsageError(f"calibration needs at least 4 trained subsets, got {len(subsets)}")
 
-    def rho(value: float, keep: set) -> float:
+    def rho(value: Hashable, keep: set) -> float:
         part = {key: score for key, score in truth.items() if key[0] in keep}
         return per_task_spearman_subsets(estimates[value], part).mean
 

@@ -32,6 +32,11 @@ PROJECT_DIM=200
 read -r -a TRUTH <<< "${TRUTH_FLAGS:-}"  # fine-tuned truth settings, e.g. TRUTH_FLAGS="--fixed-steps 50 --lr 1e-2"
 CALIBRATE=${CALIBRATE:-40}      # subsets trained for real to choose the regression's λ on (0: use L2 below)
 L2=0.01                          # regression L2 strength without calibration
+# Step 3's solver, chosen with λ on the calibration subsets among SOLVERS (README, "Measured levers": exact-step, the
+# strong-λ limit without the projection, tracks the fine-tuned truth best on DBLP; newton-cg, the paper's regression on
+# d-dim projected gradients, on a less regularised θ*); SOLVER alone is used without calibration.
+SOLVERS=${SOLVERS:-exact-step newton-cg}
+SOLVER=${SOLVER:-exact-step}
 SEED=0
 RUN=all_seed${SEED}
 DATA=(--dataset "$DATASET" --data-dir "$DATA_DIR" --num-tasks "$NUM_TASKS")
@@ -55,10 +60,11 @@ if [ "$CALIBRATE" -gt 0 ]; then
         --seed $((SEED + 1)) --overwrite
     step truth_calibration python train_multitask.py "${DATA[@]}" "${MODEL[@]}" --subsets-file "$CAL_FILE" \
         --init-from saved/$DATASET/$RUN "${TRUTH[@]}" --overwrite "${EXTRA[@]}"
-    CALIBRATION=(--calibrate-with "results/$(basename "$CAL_FILE" .txt)_finetune.csv")
+    read -r -a CALIBRATE_SOLVERS <<< "$SOLVERS"
+    CALIBRATION=(--calibrate-with "results/$(basename "$CAL_FILE" .txt)_finetune.csv" --calibrate-solvers "${CALIBRATE_SOLVERS[@]}")
 fi
 step estimate python fit_linear_estimates.py --gradients gradients/$DATASET/${RUN}_d$PROJECT_DIM \
-    --subsets-file "$SUBSETS_FILE" --l2 $L2 "${CALIBRATION[@]}" "${EXTRA[@]}"
+    --subsets-file "$SUBSETS_FILE" --l2 $L2 --solver "$SOLVER" "${CALIBRATION[@]}" "${EXTRA[@]}"
 step truth_finetune python train_multitask.py "${DATA[@]}" "${MODEL[@]}" --subsets-file "$SUBSETS_FILE" \
     --init-from saved/$DATASET/$RUN "${TRUTH[@]}" --overwrite "${EXTRA[@]}"
 step compare python compare_affinities.py --estimated results/${NAME}_estimate.csv --trained results/${NAME}_finetune.csv --k "$K"

@@ -347,3 +347,21 @@ def test_calibrate_with_a_truth_picks_the_l2_that_made_it(folders, tmp_path, cap
     calibration = read_json(tmp_path / "cal_estimate.json")["calibration"]
     assert calibration["chosen_l2"] == 0.1 == read_json(tmp_path / "cal_estimate.json")["l2"]
     assert calibration["rho_by_l2"]["0.1"] == pytest.approx(1.0) and calibration["held_out_rho"] == pytest.approx(1.0)
+
+
+def test_calibrate_solvers_chooses_the_solver_that_made_the_truth(folders, tmp_path, capsys):
+    every = tmp_path / "every.txt"
+    every.write_text("".join(" ".join(map(str, s)) + "\n" for size in (2, 3, 4) for s in itertools.combinations(range(4), size)))
+    fit(folders.grads[0], every, tmp_path, "--name", "made", "--l2", "0.1", "--solver", "newton-cg", "--no-count-flops")
+    truth = tmp_path / "made_estimate.csv"
+    flags = ["--calibrate-with", str(truth), "--l2-grid", "0.1", "100", "--no-count-flops"]
+    fit(folders.grads[0], folders.triples, tmp_path, "--name", "cal", *flags, "--calibrate-solvers", "exact-step", "newton-cg")
+    meta = read_json(tmp_path / "cal_estimate.json")
+    calibration = meta["calibration"]
+    assert set(calibration["rho_by_setting"]) == {"exact-step 0.1", "exact-step 100", "newton-cg 0.1", "newton-cg 100"}
+    assert calibration["rho_by_setting"]["newton-cg 0.1"] == pytest.approx(1.0)
+    assert max(value for key, value in calibration["rho_by_setting"].items() if key.startswith("exact")) < 1.0
+    assert calibration["chosen_solver"] == meta["solver"] == "newton-cg" and meta["l2"] == 0.1
+    assert "newton-cg, λ = 0.1, held-out ρ 1.000" in capsys.readouterr().out
+    argv = fit_argv(folders.grads[0], folders.triples, tmp_path / "no", "--calibrate-solvers", "newton-cg")
+    assert exit_status(fit_linear_estimates.main, fit_linear_estimates.get_args_parser(), argv) == 2
