@@ -177,7 +177,10 @@ def settings(args) -> list[dict]:
     exact = {**default, "flags": ["--solver", "exact-step"]}
     rows += [{**exact, "label": "exact step (no projection)"}]
     rows += [{**exact, "label": f"exact step, M = {M}", "M": M} for M in args.ms if M != 1]
+
     rows += [{**default, "label": f"m = {m}", "m": m} for m in args.subsets if m != default["m"]]
+    both = ["--calibrate-solvers", "exact-step", "newton-cg"]  # what the scripts do
+    rows += [{**default, "label": f"solver and λ calibrated, M = {M}", "M": M, "flags": both} for M in args.ms]
     return [row for row in rows if args.only is None or row["label"] in args.only]
 
 
