@@ -181,7 +181,8 @@ def settings(args) -> list[dict]:
     rows += [{**default, "label": f"m = {m}", "m": m} for m in args.subsets if m != default["m"]]
     both = ["--calibrate-solvers", "exact-step", "newton-cg"]  # what the scripts do
     rows += [{**default, "label": f"solver and λ calibrated, M = {M}", "M": M, "flags": both} for M in args.ms]
-    return [row for row in rows if args.only is None or row["label"] in args.only]
+    # each row keeps its index in the full list: estimates are cached by it (row<index>), --only or not
+    return [{**row, "index": index} for index, row in enumerate(rows) if args.only is None or row["label"] in args.only]
 
 
 def estimate(args, work: Work, row: dict, index: int) -> tuple[list[dict], dict, float]:
@@ -239,9 +240,9 @@ def main(args: argparse.Namespace) -> None:
     num_tasks = len(read_json(work.base(0) / "config.json")["task_names"])
     smallest = min(args.subsets)
     table = []
-    for index, row in enumerate(settings(args)):
+    for row in settings(args):
         print(f"row {row['label']}", flush=True)
-        estimate_rows, meta, cpu = estimate(args, work, row, index)
+        estimate_rows, meta, cpu = estimate(args, work, row, row["index"])
         truth = truth_rows(work, row["m"], row["M"], smallest)
         result = figures(estimate_rows, truth, num_tasks, args.k)
         per_seed = records_by_seed(truth, "loss")
