@@ -55,7 +55,7 @@ class ExactStep:
                 with torch.no_grad():
                     model.eval()
                     self.outputs[split, task] = model(x)[:, task].double()
-                self.products[split, task] = jacobian_products(model, x, gradients)[:, task, :]  # (N, n) float32
+                self.products[split, task] = jacobian_products(model, x, gradients, output=task)  # (N, n) float32
                 self.labels[split, task] = dataset.labels[nodes, task]
 
     def distances(self, subsets: Sequence[Sequence[int]], l2: float) -> np.ndarray:

@@ -306,8 +306,11 @@ def taylor_logits(
     return tuple(torch.cat(collected) for collected in terms)
 
 
-def jacobian_products(model: nn.Module, x: torch.Tensor, tangents: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
-    """∇θ f(x; θ)·v_k for every sample, output and direction: (B, T, K), in the parameters' dtype.
+def jacobian_products(
+    model: nn.Module, x: torch.Tensor, tangents: torch.Tensor, batch_size: int = 1024, output: int | None = None
+) -> torch.Tensor:
+    """∇θ f(x; θ)·v_k for every sample, output and direction: (B, T, K), in the parameters' dtype; with ``output``,
+    only that logit's: (B, K) (what is kept is then B·K floats, not B·T·K).
 
     ``x``: (B, num_hops + 1, in_dim) hop features; ``tangents``: (K, p) directions in :func:`flat_params` order. One
     forward-mode ``torch.func.jvp`` per batch, vmapped over the K directions (eval mode); exact, no projection.
@@ -327,7 +330,11 @@ def jacobian_products(model: nn.Module, x: torch.Tensor, tangents: torch.Tensor,
                 return functional_call(model, (p, constants), (x_batch,))
 
             def along(direction: torch.Tensor) -> torch.Tensor:
-                return jvp(logits, (params,), (unflatten_params(direction, shapes),))[1]
+                products = jvp(logits, (params,), (unflatten_params(direction, shapes),))[1]
+                return products if output is None else products[:, output]
 
-            parts.append(vmap(along)(tangents).permute(1, 2, 0))  # (K, b, T) -> (b, T, K)
-    return torch.cat(parts) if parts else torch.empty(0, 0, len(tangents), dtype=dtype)
+            products = vmap(along)(tangents)  # (K, b, T), or (K, b) for one output
+            parts.append(products.permute(1, 2, 0) if output is None else products.T.contiguous())
+    if parts:
+        return torch.cat(parts)
+    return torch.empty((0, 0, len(tangents)) if output is None else (0, len(tangents)), dtype=dtype)

@@ -12,6 +12,7 @@ from gradtag.gradients import (
     output_gradients,
     output_gradients_multi,
     set_flat_params,
+    jacobian_products,
     taylor_logits,
 )
 from gradtag.projection import Projector
@@ -215,3 +216,15 @@ def test_taylor_logits_match_autograd_hessian(batch_norm):
     exact = logits_at(base + small)
     first, second = value + slope, value + slope + 0.5 * curvature
     assert (exact - second).abs().median() < 0.1 * (exact - first).abs().median()
+
+
+def test_jacobian_products_are_the_slopes_along_each_direction():
+    model = tiny_sign(batch_norm=True)
+    x = node_features()
+    base = flat_params(model)
+    directions = torch.randn(3, base.numel(), generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    products = jacobian_products(model, x, directions, batch_size=7)
+    assert products.shape == (NUM_NODES, NUM_TASKS, 3)
+    for k in range(3):
+        torch.testing.assert_close(products[:, :, k], taylor_logits(model, base, directions[k], x)[1])
+    torch.testing.assert_close(jacobian_products(model, x, directions, output=2), products[:, 2, :])
