@@ -8,11 +8,11 @@ from gradtag.gradients import (
     collect_projected_gradients,
     flat_params,
     group_pairs_by_node,
+    jacobian_products,
     num_trainable_params,
     output_gradients,
     output_gradients_multi,
     set_flat_params,
-    jacobian_products,
     taylor_logits,
 )
 from gradtag.projection import Projector
