@@ -70,7 +70,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--l2-grid",
         nargs="+",
         type=float,
-        default=[1e-2, 3e-2, 1e-1, 3e-1, 1.0, 3.0, 10.0, 30.0, 100.0],
+        default=list(fit_linear_estimates.L2_GRID),
         help="λ values the calibration tries (fit_linear_estimates.py --l2-grid)",
     )
     parser.add_argument("--k", type=int, default=5, help="groups for the ARI of estimated against true T")
