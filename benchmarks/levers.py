@@ -258,10 +258,12 @@ def main(args: argparse.Namespace) -> None:
 
 def print_table(table: list[dict], args) -> None:
     first = table[0]
+    effect = first["partner_effect"]
+    effect_text = "untestable (fewer subsets per task than partners)" if effect != effect else f"{effect:.0%} of tasks"
     print(
         f"\nthreads: {args.threads}; truth: fine-tuned θ* (train_multitask.py --init-from defaults), moving θ* by "
-        f"{first['truth_distance']:.3f} of its norm (median), partner effect significant for {first['partner_effect']:.0%} "
-        "of tasks (loss); per-task ρ and distance as in compare_affinities.py\n"
+        f"{first['truth_distance']:.3f} of its norm (median), partner effect significant for {effect_text} (loss); "
+        "per-task ρ and distance as in compare_affinities.py\n"
     )
     print(
         "| setting | λ | per-task ρ subsets (loss / F1) | per-task ρ rows of T (loss / F1) | distance row-centred (loss) "
