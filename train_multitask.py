@@ -192,18 +192,18 @@ def train_config(args, dataset) -> TrainConfig:
 def fine_tuning_start(args, dataset, device, options: dict) -> tuple[list[tuple[int, dict | None]], object, dict]:
     """The models' starts: ``[(seed, state or None)]``, their identity for the sidecar and the model options.
 
-    With ``--init-from``, an unset ``--weight-decay`` or ``--balanced`` takes the first base's own training setting.
-
     From scratch: one fresh initialisation per seed of ``--truth-seeds`` (state None). With ``--init-from``: every
     checkpoint's weights under its own training seed (a base of seed s is fine-tuned with seed s: its batch order), the
     identity a dict for one base (``init_from``, ``init_fingerprint``) and a list of them for several; the bases must
-    share one model and its options.
+    share one model and its options, and an unset ``--weight-decay`` or ``--balanced`` takes the first base's own
+    training setting.
     """
     if not args.init_from:
         return [(seed, None) for seed in range(args.seed, args.seed + args.truth_seeds)], None, options
-    starts, identities, base_options = [], [], None
+    starts, identities, base_options, base_training = [], [], None, None
     for folder in args.init_from:
         base, base_config_json = load_checkpoint(folder, device, dataset)
+        base_training = base_training if base_training is not None else base_config_json.get("training", {})
         if base_config_json["model"] != args.model:
             raise UsageError(f"--init-from {folder} is a {base_config_json['model']!r} model; pass --model to match")
         if base_options is not None and base_config_json["model_options"] != base_options:
@@ -219,7 +219,6 @@ def fine_tuning_start(args, dataset, device, options: dict) -> tuple[list[tuple[
         identities = {key: identities[0][key] for key in ("init_from", "init_fingerprint")}
     # fine-tuning continues θ*'s own objective: its weight decay and class balancing unless a flag says otherwise
     # (a plain-BCE fine-tune of a class-balanced θ* mostly learns to predict negatives, whatever the subset)
-    base_training = read_json(Path(args.init_from[0]) / "config.json").get("training", {})
     if args.weight_decay is None and "weight_decay" in base_training:
         args.weight_decay = base_training["weight_decay"]
     if args.balanced is None and "balanced" in base_training:
