@@ -429,8 +429,8 @@ def main(args: argparse.Namespace) -> None:
         results_dir / f"{name}_estimate", score_records(rows, args.score), num_tasks, is_pairwise(subsets), meta
     )
     print(
-        f"estimated {len(subsets)} subsets x {len(folders)} base model(s) ({args.eval}, λ={args.l2}) in {seconds:.2f}s "
-        f"({format_flops(total_flops if args.count_flops else None)}); wrote {csv_path} and {matrix}"
+        f"estimated {len(subsets)} subsets x {len(folders)} base model(s) ({args.solver}, {args.eval}, λ={args.l2}) "
+        f"in {seconds:.2f}s ({format_flops(total_flops if args.count_flops else None)}); wrote {csv_path} and {matrix}"
     )
 
 

@@ -85,7 +85,7 @@ def by_key(rows) -> dict:
 # ---------------------------------------------------------------------------------------------------------- outputs
 def test_writes_estimate_csv_and_higher_order_affinity(folders, tmp_path, capsys):
     fit(folders.grads[0], folders.triples, tmp_path, "--name", "tri")
-    assert "estimated 4 subsets x 1 base model(s) (linearized" in capsys.readouterr().out
+    assert "estimated 4 subsets x 1 base model(s) (newton-cg, linearized" in capsys.readouterr().out
     assert sorted(path.name for path in tmp_path.iterdir()) == [
         "tri_estimate.csv",
         "tri_estimate.json",
