@@ -30,13 +30,12 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from torch.func import functional_call, jvp
 from tqdm.auto import tqdm
 
 from data import load_dataset
 from gradtag.artifacts import UsageError, file_digest, package_versions, read_json, run_main, write_json
 from gradtag.cli import add_folder_args, add_run_args, resolve_device, seed_everything
-from gradtag.gradients import eval_mode, flat_params, trainable_parameters, unflatten_params
+from gradtag.gradients import batched_logits, flat_params, taylor_logits
 from gradtag.training import TrainConfig, load_checkpoint, train_model
 
 METRICS = ("relative_distance", "residual_vs_change", "residual_second_order_vs_change", "residual_vs_output")
@@ -85,33 +84,20 @@ def taylor_residuals(
         dict of Python floats with the keys above, plus ``num_samples`` (int B).
     """
     device = base_params.device
-    shapes = {name: param.shape for name, param in trainable_parameters(model).items()}
     base_flat, tuned_flat = base_params.to(device, dtype), tuned_params.to(device, dtype)
     delta_flat = tuned_flat - base_flat
-    base, tuned, delta = (unflatten_params(vector, shapes) for vector in (base_flat, tuned_flat, delta_flat))
-    constants = {name: param.detach() for name, param in model.named_parameters() if not param.requires_grad}
-    constants.update(dict(model.named_buffers()))
-    constants = {name: t.to(device, dtype) if t.is_floating_point() else t.to(device) for name, t in constants.items()}
-    tasks = tasks.to(device).long()
-    sums = {"residual": 0.0, "residual_second": 0.0, "change": 0.0, "output": 0.0}
-    with eval_mode(model), torch.no_grad():
-        for start in range(0, len(x), batch_size):
-            x_batch = x[start : start + batch_size].to(device, dtype)
-            task_batch = tasks[start : start + batch_size].reshape(-1, 1)
-
-            def own_logits(params: dict, x_batch=x_batch, task_batch=task_batch) -> torch.Tensor:
-                return functional_call(model, (params, constants), (x_batch,)).gather(1, task_batch).squeeze(1)
-
-            def own_first_order(params: dict, own_logits=own_logits) -> tuple[torch.Tensor, torch.Tensor]:
-                return jvp(own_logits, (params,), (delta,))
-
-            # forward over forward: f, ∇f·Δ and Δᵀ∇²fΔ in one call (the second-order term of Remark 3.1)
-            (f_base, linear), (_, curvature) = jvp(own_first_order, (base,), (delta,))
-            f_tuned = own_logits(tuned)
-            sums["residual"] += float((f_tuned - f_base - linear).pow(2).sum())
-            sums["residual_second"] += float((f_tuned - f_base - linear - 0.5 * curvature).pow(2).sum())
-            sums["change"] += float((f_tuned - f_base).pow(2).sum())
-            sums["output"] += float(f_tuned.pow(2).sum())
+    x, own = x.to(device), tasks.to(device).long().reshape(-1, 1)
+    # forward over forward: f, ∇f·Δ and Δᵀ∇²fΔ (the second-order term of Remark 3.1), each sample's own task
+    f_base, linear, curvature = (
+        term.gather(1, own).squeeze(1) for term in taylor_logits(model, base_flat, delta_flat, x, batch_size, dtype)
+    )
+    f_tuned = batched_logits(model, tuned_flat, x, batch_size, dtype).gather(1, own).squeeze(1)
+    sums = {
+        "residual": float((f_tuned - f_base - linear).pow(2).sum()),
+        "residual_second": float((f_tuned - f_base - linear - 0.5 * curvature).pow(2).sum()),
+        "change": float((f_tuned - f_base).pow(2).sum()),
+        "output": float(f_tuned.pow(2).sum()),
+    }
 
     def ratio(numerator: float, denominator: float) -> float:
         return numerator / denominator if denominator > 0 else (0.0 if numerator == 0 else float("inf"))

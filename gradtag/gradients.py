@@ -269,8 +269,39 @@ def collect_projected_gradients(
 
 
 # ---------------------------------------------------------------------------------------------------------- expansion
+def _batched_logits(model: nn.Module, device, dtype: torch.dtype | None):
+    """(logits(params, x) -> (b, T) of a batch, the model's trainable parameters, their shapes, the dtype): the
+    functional model with everything in ``dtype`` (default: the trainable parameters' own) on ``device``."""
+    params, constants = _state(model, device)
+    dtype = dtype or next(iter(params.values())).dtype
+    params = {name: t.to(dtype) for name, t in params.items()}
+    constants = {name: t.to(dtype) if t.is_floating_point() else t for name, t in constants.items()}
+    shapes = {name: param.shape for name, param in params.items()}
+
+    def logits(p: dict, x_batch: torch.Tensor) -> torch.Tensor:
+        return functional_call(model, (p, constants), (x_batch,))
+
+    return logits, params, shapes, dtype
+
+
+def batched_logits(
+    model: nn.Module, weights: torch.Tensor, x: torch.Tensor, batch_size: int = 8192, dtype: torch.dtype | None = None
+) -> torch.Tensor:
+    """(B, T) logits of the network with its trainable parameters set to ``weights`` ((p,), :func:`flat_params`
+    order), computed in eval mode in ``dtype`` (default: the parameters' own); the model itself is left unchanged."""
+    logits, _, shapes, dtype = _batched_logits(model, x.device, dtype)
+    params = unflatten_params(weights.to(x.device, dtype), shapes)
+    with eval_mode(model), torch.no_grad():
+        return torch.cat([logits(params, x[start : start + batch_size].to(dtype)) for start in range(0, len(x), batch_size)])
+
+
 def taylor_logits(
-    model: nn.Module, base: torch.Tensor, delta: torch.Tensor, x: torch.Tensor, batch_size: int = 8192
+    model: nn.Module,
+    base: torch.Tensor,
+    delta: torch.Tensor,
+    x: torch.Tensor,
+    batch_size: int = 8192,
+    dtype: torch.dtype | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The Taylor terms of the logits along Δ at θ: f(θ), ∇f(θ)·Δ and Δᵀ∇²f(θ)Δ, each (B, T).
 
@@ -283,10 +314,9 @@ def taylor_logits(
         base: (p,) θ in :func:`flat_params` order; delta: (p,) Δ, same order.
         x: (B, num_hops + 1, in_dim) float hop features.
         batch_size: samples per jvp call (memory knob; no effect on the result).
+        dtype: floating dtype of the computation (default: the parameters' own).
     """
-    params, constants = _state(model, x.device)
-    shapes = {name: param.shape for name, param in params.items()}
-    dtype = next(iter(params.values())).dtype
+    logits, _, shapes, dtype = _batched_logits(model, x.device, dtype)
     theta = unflatten_params(base.to(x.device, dtype), shapes)
     tangent = unflatten_params(delta.to(x.device, dtype), shapes)
     terms = ([], [], [])
@@ -294,11 +324,8 @@ def taylor_logits(
         for start in range(0, len(x), batch_size):
             x_batch = x[start : start + batch_size].to(dtype)
 
-            def logits(p: dict, x_batch=x_batch) -> torch.Tensor:
-                return functional_call(model, (p, constants), (x_batch,))
-
-            def first_order(p: dict) -> tuple[torch.Tensor, torch.Tensor]:
-                return jvp(logits, (p,), (tangent,))
+            def first_order(p: dict, x_batch=x_batch) -> tuple[torch.Tensor, torch.Tensor]:
+                return jvp(lambda q: logits(q, x_batch), (p,), (tangent,))
 
             (value, slope), (_, curvature) = jvp(first_order, (theta,), (tangent,))
             for collected, term in zip(terms, (value, slope, curvature), strict=True):
@@ -317,20 +344,15 @@ def jacobian_products(
     ``batch_size`` samples per call bounds the memory (K × batch_size × the widest layer) and does not change the
     result.
     """
-    params, constants = _state(model, x.device)
-    shapes = {name: param.shape for name, param in params.items()}
-    dtype = next(iter(params.values())).dtype
+    logits, params, shapes, dtype = _batched_logits(model, x.device, None)
     tangents = tangents.to(x.device, dtype)
     parts = []
     with eval_mode(model), torch.no_grad():
         for start in range(0, len(x), batch_size):
             x_batch = x[start : start + batch_size].to(dtype)
 
-            def logits(p: dict, x_batch=x_batch) -> torch.Tensor:
-                return functional_call(model, (p, constants), (x_batch,))
-
-            def along(direction: torch.Tensor) -> torch.Tensor:
-                products = jvp(logits, (params,), (unflatten_params(direction, shapes),))[1]
+            def along(direction: torch.Tensor, x_batch=x_batch) -> torch.Tensor:
+                products = jvp(lambda q: logits(q, x_batch), (params,), (unflatten_params(direction, shapes),))[1]
                 return products if output is None else products[:, output]
 
             products = vmap(along)(tangents)  # (K, b, T), or (K, b) for one output
