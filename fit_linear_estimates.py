@@ -303,7 +303,7 @@ def base_estimator(args, folder: Path, config: dict, num_tasks: int, needed: lis
     if solver == "exact-step":
         dataset, model = load_base(config, device, args.data_dir)
         balanced = config.get("training", {}).get("balanced", False)
-        exact = ExactStep(model, dataset, needed, balanced, device, ("val",))
+        exact = ExactStep(model, dataset, needed, balanced, device, ("val",), progress=not args.no_progress)
 
         def estimate_exact(subsets, l2):
             return exact.scores(subsets, l2), lambda: exact.distances(subsets, l2), 0

@@ -32,6 +32,7 @@ import shlex
 import time
 from pathlib import Path
 
+import torch
 from threadpoolctl import threadpool_limits
 
 import collect_gradients
@@ -225,8 +226,6 @@ def figures(estimate_rows: list[dict], truth: list[dict], num_tasks: int, k: int
 
 def main(args: argparse.Namespace) -> None:
     threadpool_limits(args.threads)
-    import torch
-
     torch.set_num_threads(args.threads)
     data, model = shlex.split(args.data_flags), shlex.split(args.model_flags)
     if max(args.ms) > args.bases:

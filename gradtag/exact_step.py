@@ -23,8 +23,9 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
-from gradtag.gradients import flat_params, jacobian_products
+from gradtag.gradients import batched_logits, flat_params, jacobian_products
 from gradtag.regression import mean_bce
 from gradtag.training import binary_f1, task_loss_gradients
 
@@ -39,24 +40,24 @@ class ExactStep:
         balanced: whether θ* was trained with the class-balanced loss (then so is every L_k).
         device: where the products are computed.
         splits: the splits scored (memory: n float32 per sample of each).
+        progress: show a tqdm bar over the (split, task) products.
     """
 
-    def __init__(self, model, dataset, tasks: Sequence[int], balanced: bool, device, splits=("val",)):
+    def __init__(self, model, dataset, tasks: Sequence[int], balanced: bool, device, splits=("val",), progress=False):
         self.tasks = list(tasks)
         self.column = {task: column for column, task in enumerate(self.tasks)}
         gradients = task_loss_gradients(model, dataset, self.tasks, balanced, device)  # (n, p)
         self.gradients = gradients.double()
-        self.base_norm = float(flat_params(model).double().norm())
+        base = flat_params(model)
+        self.base_norm = float(base.double().norm())
         self.outputs, self.products, self.labels = {}, {}, {}
-        for split in splits:
-            for task in self.tasks:
-                nodes = dataset.samples(task, split)
-                x = dataset.features[nodes].to(device)
-                with torch.no_grad():
-                    model.eval()
-                    self.outputs[split, task] = model(x)[:, task].double()
-                self.products[split, task] = jacobian_products(model, x, gradients, output=task)  # (N, n) float32
-                self.labels[split, task] = dataset.labels[nodes, task]
+        jobs = [(split, task) for split in splits for task in self.tasks]
+        for split, task in tqdm(jobs, desc="exact-step products", disable=not progress):
+            nodes = dataset.samples(task, split)
+            x = dataset.features[nodes].to(device)
+            self.outputs[split, task] = batched_logits(model, base, x)[:, task].double()
+            self.products[split, task] = jacobian_products(model, x, gradients, output=task)  # (N, n) float32
+            self.labels[split, task] = dataset.labels[nodes, task]
 
     def distances(self, subsets: Sequence[Sequence[int]], l2: float) -> np.ndarray:
         """(m,) ‖Δ_S‖ / ‖θ*‖ of every subset's move."""
