@@ -14,7 +14,6 @@ skipped (resumable); ``--num-shards/--shard-id`` split the tasks across cluster 
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -25,15 +24,18 @@ from data import load_dataset
 from gradtag.artifacts import (
     UsageError,
     check_compatible,
-    file_digest,
     gradient_file,
     gradients_dir,
+    npy_complete,
     package_versions,
+    read_config,
     read_json,
     run_main,
     save_npy,
+    weights_fingerprint,
     write_json,
 )
+from gradtag.checks import NONNEGATIVE_INT, POSITIVE_INT, ArgumentParser
 from gradtag.cli import add_folder_args, add_run_args, add_strict_arg, parse_tasks, resolve_device
 from gradtag.flops import count_flops, format_flops
 from gradtag.gradients import collect_projected_gradients, flat_params, num_trainable_params
@@ -46,10 +48,10 @@ KINDS_ON_DISK = ("gradients", "outputs", "labels", "nodes")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True, help="step-1 checkpoint folder, e.g. saved/planted/all_seed0")
     parser.add_argument("--data-dir", default=None, help="where the dataset's files are, if not where step 1 found them")
-    parser.add_argument("--project-dim", type=int, default=200, help="d, the projected dimension (paper: about 200)")
+    parser.add_argument("--project-dim", type=POSITIVE_INT, default=200, help="d, the projected dimension (paper: about 200)")
     parser.add_argument("--projection", default="gaussian", choices=KINDS, help="JL entries: N(0, 1/d) or ±1/sqrt(d)")
     parser.add_argument(
         "--splits",
@@ -59,10 +61,12 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="splits to collect: train for the regressions; val (and test) for linearized scoring",
     )
     parser.add_argument("--tasks", default="all", help="'all' or task indices such as '0 3 5' (a part of the work)")
-    parser.add_argument("--num-shards", type=int, default=1, help="split the tasks into this many shards (job array)")
-    parser.add_argument("--shard-id", type=int, default=0, help="which shard this job computes: 0 .. num-shards-1")
-    parser.add_argument("--batch-size", type=int, default=256, help="nodes per vectorised gradient call (memory knob)")
-    parser.add_argument("--task-chunk", type=int, default=10, help="tasks computed together before their files are written")
+    parser.add_argument("--num-shards", type=POSITIVE_INT, default=1, help="split the tasks into this many shards (job array)")
+    parser.add_argument("--shard-id", type=NONNEGATIVE_INT, default=0, help="which shard this job computes: 0 .. num-shards-1")
+    parser.add_argument("--batch-size", type=POSITIVE_INT, default=256, help="nodes per vectorised gradient call (memory knob)")
+    parser.add_argument(
+        "--task-chunk", type=POSITIVE_INT, default=10, help="tasks computed together before their files are written"
+    )
     parser.add_argument("--overwrite", action="store_true", help="delete the output folder first instead of resuming into it")
     parser.add_argument("--out", default=None, help="output folder (default: <gradients-dir>/<dataset>/<run>_d<dim>)")
     add_strict_arg(parser)
@@ -81,14 +85,27 @@ def validate(args) -> None:
 
 
 def task_done(folder: Path, task: int, splits) -> bool:
-    return all(gradient_file(folder, task, split, kind).is_file() for split in splits for kind in KINDS_ON_DISK)
+    """Every file of ``task`` is on disk and whole (a truncated file, e.g. from a full disk, is computed again)."""
+    return all(npy_complete(gradient_file(folder, task, split, kind)) for split in splits for kind in KINDS_ON_DISK)
+
+
+def remove_step_files(folder: Path) -> None:
+    """``--overwrite``: delete the files this step writes in ``folder`` — its config, projection, per-task arrays and
+    cost records — and nothing else (a user's own files and folders there stay)."""
+    if not folder.is_dir():
+        return
+    patterns = ("config.json", "projection.json", "task_*_*_*.npy", "cost_shard*of*.json", ".*.tmp")
+    for pattern in patterns:
+        for path in folder.glob(pattern):
+            if path.is_file() and not path.is_symlink():
+                path.unlink()
 
 
 def main(args: argparse.Namespace) -> None:
     validate(args)
     device = resolve_device(args.device)
     checkpoint = Path(args.checkpoint)
-    checkpoint_config = read_json(checkpoint / "config.json")
+    checkpoint_config = read_config(checkpoint, "checkpoint")
     dataset = load_dataset(
         checkpoint_config["dataset"],
         args.data_dir or checkpoint_config["args"].get("data_dir"),
@@ -99,22 +116,25 @@ def main(args: argparse.Namespace) -> None:
     if verdict:
         print(verdict, file=sys.stderr)
     projector = Projector(num_trainable_params(model), args.project_dim, args.seed, kind=args.projection)
+    shard_tasks = [task for task in parse_tasks(args.tasks, dataset.num_tasks) if task % args.num_shards == args.shard_id]
     folder = Path(args.out) if args.out else gradients_dir(args.gradients_dir, dataset.name, checkpoint.name, args.project_dim)
+    if folder.exists() and not folder.is_dir():
+        raise UsageError(f"--out {folder} is a file, not a folder; choose another --out")
     identity = {
         "dataset": dataset.name,
         "dataset_fingerprint": dataset.fingerprint,
         "dataset_options": checkpoint_config["dataset_options"],
         "task_names": dataset.task_names,
         "checkpoint": str(checkpoint),
-        "checkpoint_fingerprint": file_digest(checkpoint / "model.pt"),
+        "checkpoint_fingerprint": weights_fingerprint(checkpoint / "model.pt"),
         "checkpoint_seed": checkpoint_config["seed"],
         "training": checkpoint_config["training"],
         "projection": projector.spec(),
         "splits": list(args.splits),
     }
     config_path = folder / "config.json"
-    if args.overwrite and folder.is_dir():
-        shutil.rmtree(folder)
+    if args.overwrite:
+        remove_step_files(folder)
     if config_path.is_file():
         check_compatible(read_json(config_path), folder, **identity)
     else:
@@ -122,7 +142,7 @@ def main(args: argparse.Namespace) -> None:
         base_norm = float(flat_params(model).norm())  # ‖θ*‖: step 3 reports its estimates' move ‖P ŵ‖ relative to it
         write_json(config_path, {**identity, "base_norm": base_norm, "versions": package_versions(), "args": vars(args)})
 
-    tasks = [task for task in parse_tasks(args.tasks, dataset.num_tasks) if task % args.num_shards == args.shard_id]
+    tasks = shard_tasks
     todo = [task for task in tasks if not task_done(folder, task, args.splits)]
     start = time.perf_counter()
     with count_flops() as flops:

@@ -24,6 +24,7 @@ from pathlib import Path
 from data import read_planted_groups
 from gradtag.affinity import fill_uncovered
 from gradtag.artifacts import UsageError, check_compatible, read_json, read_results, run_main, write_json
+from gradtag.checks import POSITIVE_INT, ArgumentParser
 from gradtag.clustering import cluster, prepare_affinity
 from gradtag.evaluation import (
     adjusted_rand,
@@ -39,15 +40,54 @@ from gradtag.scores import SCORES, affinity_matrix, is_pairwise, records_by_seed
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--estimated", default=None, help="estimate CSV from fit_linear_estimates.py (omit to vet a truth)")
     parser.add_argument("--trained", nargs="+", required=True, help="truth CSVs from train_multitask.py --subsets-file")
     parser.add_argument("--planted", default=None, help="known grouping (groups file) to score clusterings against")
-    parser.add_argument("--k", type=int, default=None, help="number of groups to cluster into (default: planted count)")
+    parser.add_argument("--k", type=POSITIVE_INT, default=None, help="number of groups to cluster into (default: planted count)")
     parser.add_argument("--scores", nargs="+", default=["loss", "f1"], choices=sorted(SCORES), help="scores to compare")
     parser.add_argument("--seed", type=int, default=0, help="seed of the clustering")
     parser.add_argument("--out", default=None, help="report JSON (default: beside the first truth, *_report.json)")
+    parser.add_argument(
+        "--allow-partial",
+        action="store_true",
+        help="compare an estimate with a truth of other subsets (on the (subset, task) scores they share) or of other "
+        "θ*s; refused without it, since a few shared scores give a meaningless ρ",
+    )
     return parser
+
+
+def base_fingerprints(meta: dict) -> list[str] | None:
+    """Fingerprints of the θ*s behind a results file (sorted): an estimate's bases, a fine-tuned truth's starts;
+    None for a truth from scratch or a file written before they were recorded."""
+    if "bases" in meta:
+        return sorted(base["checkpoint_fingerprint"] for base in meta["bases"])
+    init = meta.get("init")
+    if not init:
+        return None
+    return sorted(base["init_fingerprint"] for base in (init if isinstance(init, list) else [init]))
+
+
+def check_same_experiment(estimate: tuple, truth: tuple, path: str, allow_partial: bool) -> str:
+    """Refuse (unless ``allow_partial``) a truth of other subsets or other θ*s than the estimate; returns the line
+    saying how many (subset, task) scores the two share."""
+    (est_rows, est_meta), (rows, meta) = estimate, truth
+    shared = {(row["subset"], row["task"]) for row in est_rows} & {(row["subset"], row["task"]) for row in rows}
+    line = f"estimate vs {path}: {len(shared)} shared (subset, task) scores of {len(est_rows)} estimated"
+    if allow_partial:
+        return line
+    if sorted(map(tuple, est_meta["subsets"])) != sorted(map(tuple, meta["subsets"])):
+        raise UsageError(
+            f"{path} was trained on other subsets than the estimate {est_meta.get('subsets_file')} ({len(shared)} of "
+            f"{len(est_rows)} scores shared); train the truth on the estimate's subsets file or pass --allow-partial"
+        )
+    est_bases, truth_bases = base_fingerprints(est_meta), base_fingerprints(meta)
+    if est_bases is not None and truth_bases is not None and est_bases != truth_bases:
+        raise UsageError(
+            f"{path} was fine-tuned from other θ* weights than the estimate's bases; fine-tune from the estimate's "
+            "checkpoints (--init-from) or pass --allow-partial"
+        )
+    return line
 
 
 def load_side(path: str) -> tuple[list[dict], dict]:
@@ -121,6 +161,14 @@ def main(args: argparse.Namespace) -> None:
     k = args.k or (len(planted) if planted else None)
     if k is not None and not 1 <= k <= num_tasks:
         raise UsageError(f"--k {k} must lie in 1..{num_tasks}")
+    overlap = (
+        [
+            check_same_experiment(estimate, truth, path, args.allow_partial)
+            for truth, path in zip(truths, args.trained, strict=True)
+        ]
+        if estimate
+        else []
+    )
 
     report = {"estimated": args.estimated, "trained": args.trained, "k": k, "by_score": {}}
     lines = []
@@ -156,6 +204,8 @@ def main(args: argparse.Namespace) -> None:
         report["estimate_one_off"] = estimate[1].get("one_off")
     out = Path(args.out) if args.out else Path(args.trained[0]).with_name(Path(args.trained[0]).stem + "_report.json")
     write_json(out, report)
+    for line in overlap:
+        print(line)
     print_table(report, lines)
     print(f"wrote {out}")
 

@@ -31,15 +31,19 @@ from gradtag.artifacts import (
     UsageError,
     check_compatible,
     gradient_file,
+    load_npy,
     package_versions,
+    read_config,
     read_json,
     read_results,
     read_subsets,
     run_main,
     subset_key,
+    weights_fingerprint,
     write_json,
     write_results,
 )
+from gradtag.checks import NONNEGATIVE, POSITIVE_INT, ArgumentParser
 from gradtag.cli import add_folder_args, add_run_args, add_strict_arg, resolve_device
 from gradtag.evaluation import calibrate
 from gradtag.exact_step import ExactStep
@@ -58,11 +62,11 @@ L2_GRID = (1e-2, 3e-2, 1e-1, 3e-1, 1.0, 3.0, 10.0, 30.0, 100.0)
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--gradients", nargs="+", required=True, help="step-2 folders, one per meta-initialization (M of them)")
     parser.add_argument("--subsets-file", required=True, help="sampled_tasks file: one subset of task indices per line")
     parser.add_argument(
-        "--l2", type=float, default=0.01, help="L2 strength λ of the regression (on mean-normalised per-task losses)"
+        "--l2", type=NONNEGATIVE, default=0.01, help="L2 strength λ of the regression (on mean-normalised per-task losses)"
     )
     parser.add_argument(
         "--solver",
@@ -74,7 +78,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--eval", default="linearized", choices=EVAL_MODES, help="how each task of a subset is scored")
     parser.add_argument("--score", default="loss", choices=sorted(SCORES), help="affinity entry: -val loss or val F1")
-    parser.add_argument("--batch-size", type=int, default=64, help="subsets fitted together (memory knob)")
+    parser.add_argument("--batch-size", type=POSITIVE_INT, default=64, help="subsets fitted together (memory knob)")
     parser.add_argument(
         "--count-flops",
         action=argparse.BooleanOptionalAction,
@@ -102,7 +106,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--l2-grid",
         nargs="+",
-        type=float,
+        type=NONNEGATIVE,
         default=list(L2_GRID),
         help="λ values tried by --calibrate-with",
     )
@@ -118,20 +122,29 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def load_gradient_folder(folder: Path, splits, tasks) -> dict:
     """Per split, lists (indexed by task) of projected gradients, base logits and labels; None for absent tasks."""
+    rerun = f"rerun collect_gradients.py for {folder} (it recomputes damaged files)"
     data = {}
     for split in splits:
         arrays = {"gradients": [], "outputs": [], "labels": []}
         for task in range(tasks):
             for kind in arrays:
                 path = gradient_file(folder, task, split, kind)
-                arrays[kind].append(np.load(path) if path.is_file() else None)
+                arrays[kind].append(load_npy(path, rerun) if path.is_file() else None)
         data[split] = arrays
     return data
 
 
 def check_folders(folders: list[Path]) -> list[dict]:
-    """Read each step-2 config and refuse folders that disagree on dataset, task list or projection dimension."""
-    configs = [read_json(folder / "config.json") for folder in folders]
+    """Read each step-2 config and refuse folders that disagree on dataset, task list or projection dimension, and
+    folders whose θ* has been retrained since (its model.pt now holds other weights than the gradients were taken at)."""
+    configs = [read_config(folder, "gradients") for folder in folders]
+    for folder, config in zip(folders, configs, strict=True):
+        weights = Path(config["checkpoint"]) / "model.pt"
+        if weights.is_file() and weights_fingerprint(weights) != config["checkpoint_fingerprint"]:
+            raise UsageError(
+                f"{folder} holds gradients of other weights than {weights} now holds (θ* was retrained since); "
+                f"rerun collect_gradients.py --checkpoint {config['checkpoint']} --overwrite"
+            )
     first = configs[0]
     for folder, config in zip(folders[1:], configs[1:], strict=True):
         check_compatible(
@@ -348,7 +361,7 @@ def base_estimator(args, folder: Path, config: dict, num_tasks: int, needed: lis
 def load_base(config: dict, device, data_dir=None):
     """(dataset, θ*) of a step-2 folder's checkpoint, the dataset rebuilt from the checkpoint's own settings."""
     checkpoint = Path(config["checkpoint"])
-    checkpoint_config = read_json(checkpoint / "config.json")
+    checkpoint_config = read_config(checkpoint, "checkpoint")
     dataset = load_dataset(config["dataset"], data_dir or checkpoint_config["args"].get("data_dir"), **config["dataset_options"])
     model, _ = load_checkpoint(checkpoint, device, dataset)
     return dataset, model
@@ -413,6 +426,9 @@ def main(args: argparse.Namespace) -> None:
         "subsets_file": str(args.subsets_file),
         "subsets": [list(subset) for subset in subsets],
         "gradients": [str(folder) for folder in folders],
+        "bases": [
+            {"checkpoint": config["checkpoint"], "checkpoint_fingerprint": config["checkpoint_fingerprint"]} for config in configs
+        ],
         "l2": args.l2,
         "calibration": calibration,
         "solver": args.solver,

@@ -1,56 +1,128 @@
-"""Print the end-of-pipeline table of a dataset script: groups found, agreement with a planted grouping, average
-test F1 of grouped training versus STL and naive MTL, estimate-versus-truth figures, and the time of each step.
+"""Print the end-of-pipeline summary of a dataset script — groups found, agreement with a planted grouping,
+estimate-versus-truth figures, average test F1 of grouped training versus STL and naive MTL — and keep README's copy
+of it true.
 
 Usage:
-    python pipeline_summary.py --groups results/planted_groups.json --training results/planted_groups_scratch_summary.json \
-        --comparison results/planted_m200_a5_s0_finetune_report.json --times step1=12.3 step2=4.1
+    python pipeline_summary.py --groups results/planted_groups.json --training results/planted_groups_scratch_summary.json \\
+        --comparison results/planted_m200_a5_s0_finetune_report.json --write results/planted_summary.md
+    python pipeline_summary.py --check-readme README.md --summary results/planted_summary.md    # exit 1 if it differs
+    python pipeline_summary.py --update-readme README.md --summary results/planted_summary.md   # rewrite README's block
+
+The summary holds only figures a rerun reproduces exactly (the pipeline is deterministic on one machine and package
+set); the seconds of each step (``--times``) are printed beside it but kept out of it. README holds the summary
+between ``<!-- pipeline_summary: NAME -->`` and ``<!-- /pipeline_summary -->``, where NAME is the summary file's name.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
+import sys
+from pathlib import Path
 
-from gradtag.artifacts import UsageError, read_json, run_main
+from gradtag.artifacts import UsageError, atomic_path, read_json, run_main
+from gradtag.checks import ArgumentParser
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--groups", required=True, help="JSON written by run_clustering.py beside its groups file")
-    parser.add_argument("--training", default=None, help="*_summary.json of train_multitask.py --baselines")
-    parser.add_argument("--comparison", default=None, help="*_report.json of compare_affinities.py")
-    parser.add_argument("--times", nargs="*", default=[], help="step=seconds pairs measured by the calling script")
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    make = parser.add_argument_group("make the summary")
+    make.add_argument("--groups", default=None, help="JSON written by run_clustering.py beside its groups file")
+    make.add_argument("--training", default=None, help="*_summary.json of train_multitask.py --baselines")
+    make.add_argument("--comparison", default=None, help="*_report.json of compare_affinities.py")
+    make.add_argument("--times", nargs="*", default=[], help="step=seconds pairs measured by the calling script (printed only)")
+    make.add_argument("--write", default=None, help="also write the summary (markdown) to this file")
+    readme = parser.add_argument_group("README's copy")
+    readme.add_argument("--summary", default=None, help="a summary file written with --write")
+    readme.add_argument("--check-readme", default=None, metavar="README", help="exit 1 if README's block differs from --summary")
+    readme.add_argument("--update-readme", default=None, metavar="README", help="replace README's block with --summary")
     return parser
 
 
-def main(args: argparse.Namespace) -> None:
-    groups = read_json(args.groups)
-    print("\n## Summary")
-    print(f"groups found ({groups['method']}, k={groups['k']}): " + " | ".join(" ".join(map(str, g)) for g in groups["groups"]))
+def summary_markdown(groups: dict, training: dict | None, comparison: dict | None) -> str:
+    """The deterministic figures of one pipeline run as markdown (no seconds)."""
+    lines = [
+        f"Groups found ({groups['method']}, k = {groups['k']}): " + " | ".join(" ".join(map(str, g)) for g in groups["groups"])
+    ]
     if "ari" in groups:
-        print(f"adjusted Rand index against the planted groups: {groups['ari']:.3f}")
-    if args.comparison:
-        report = read_json(args.comparison)
-        for score, entry in report["by_score"].items():
-            for truth, figures in entry["truths"].items():
-                if "spearman_per_task_subsets" in figures:
-                    print(
-                        f"estimate vs {truth} ({score}): per-task Spearman {figures['spearman_per_task_subsets']:.3f}, "
-                        f"pooled {figures['spearman_pooled']:.3f}, distance raw {figures['relative_distance_raw']:.4f} / "
-                        f"row-centred {figures['relative_distance_row_centered']:.3f}"
-                    )
-    if args.training:
-        print("\n| method | models | avg test macro-F1 | train s |\n|---|---|---|---|")
-        for method, row in read_json(args.training).items():
-            f1 = "–" if row["avg_test_f1"] is None else f"{row['avg_test_f1']:.4f}"
-            print(f"| {method} | {row['models']} | {f1} | {row['seconds']:.1f} |")
-    if args.times:
-        print("\n| step | seconds |\n|---|---|")
-        for item in args.times:
-            step, _, seconds = item.partition("=")
-            try:
-                print(f"| {step} | {float(seconds):.1f} |")
-            except ValueError:
-                raise UsageError(f"--times {item!r}: give step=seconds") from None
+        lines[-1] += f"; adjusted Rand index against the planted groups: **{groups['ari']:.3f}**"
+    if training:
+        lines += ["", "| method | models | avg test macro-F1 |", "|---|---|---|"]
+        for method, row in training.items():
+            f1 = "–" if row["avg_test_f1"] is None else f"{row['avg_test_f1']:.3f}"
+            lines.append(f"| {method} | {row['models']} | {f1} |")
+    if comparison:
+        lines += [
+            "",
+            "| score | per-task ρ (subsets) | per-task ρ (rows of T) | pooled ρ | distance raw / row-centred | truth effect (t) "
+            "| truth split-half ρ rows | truth distance (median) | ARI true T vs planted | ARI est. vs true T |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for score, entry in comparison["by_score"].items():
+            for figures in entry["truths"].values():
+                if "spearman_per_task_subsets" not in figures:
+                    continue
+                ari_planted = figures.get("ari_vs_planted")
+                lines.append(
+                    f"| {score} | {figures['spearman_per_task_subsets']:.3f} | {figures['spearman_per_task_rows']:.3f} | "
+                    f"{figures['spearman_pooled']:.3f} | {figures['relative_distance_raw']:.4f} / "
+                    f"{figures['relative_distance_row_centered']:.3f} | {figures['group_effect_slope']:+.4f} "
+                    f"({figures['group_effect_t']:.1f}) | {figures['split_half']['rows_full']:.3f} | "
+                    f"{figures['distance']['median']:.3f} | {'–' if ari_planted is None else f'{ari_planted:.3f}'} | "
+                    f"{figures['ari_estimate_vs_truth']:.3f} |"
+                )
+    return "\n".join(lines) + "\n"
+
+
+def readme_block(readme: Path, name: str) -> re.Match:
+    text = readme.read_text() if readme.is_file() else ""
+    pattern = re.compile(rf"(<!-- pipeline_summary: {re.escape(name)} -->\n)(.*?)(<!-- /pipeline_summary -->)", re.S)
+    match = pattern.search(text)
+    if match is None:
+        raise UsageError(f"{readme} has no block '<!-- pipeline_summary: {name} -->' ... '<!-- /pipeline_summary -->'; add one")
+    return match
+
+
+def main(args: argparse.Namespace) -> None:
+    if args.check_readme or args.update_readme:
+        if not args.summary or not Path(args.summary).is_file():
+            raise UsageError(f"--summary {args.summary}: give a summary file written by --write (run the dataset script first)")
+        summary = Path(args.summary)
+        readme = Path(args.check_readme or args.update_readme)
+        match = readme_block(readme, summary.name)
+        if args.update_readme:
+            text = match.string[: match.start(2)] + summary.read_text() + match.string[match.end(2) :]
+            with atomic_path(readme) as tmp:
+                tmp.write_text(text)
+            print(f"wrote {summary}'s figures into {readme}")
+        elif match.group(2) != summary.read_text():
+            print(f"{readme}'s block {summary.name} differs from {summary}: update it with --update-readme", file=sys.stderr)
+            sys.exit(1)
+        else:
+            print(f"{readme}'s block {summary.name} equals {summary}")
+        return
+    if not args.groups:
+        raise UsageError("--groups is required to make a summary (or pass --check-readme / --update-readme)")
+    training = read_json(args.training) if args.training else None
+    comparison = read_json(args.comparison) if args.comparison else None
+    markdown = summary_markdown(read_json(args.groups), training, comparison)
+    times = []
+    for item in args.times:
+        step, _, seconds = item.partition("=")
+        try:
+            times.append(f"| {step} | {float(seconds):.1f} |")
+        except ValueError:
+            raise UsageError(f"--times {item!r}: give step=seconds") from None
+    print("\n## Summary\n" + markdown)
+    if training:
+        times += [f"| train {method} ({row['models']} models) | {row['seconds']:.1f} |" for method, row in training.items()]
+    if times:
+        print("| step | seconds (this run) |\n|---|---|\n" + "\n".join(times))
+    if args.write:
+        with atomic_path(args.write) as tmp:
+            tmp.write_text(markdown)
+        check = f"python pipeline_summary.py --check-readme README.md --summary {args.write}"
+        print(f"wrote {args.write} (check README's copy: {check})")
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from gradtag.artifacts import UsageError, fingerprint, read_subsets, run_main, write_json, write_subsets
+from gradtag.checks import POSITIVE, POSITIVE_INT, ArgumentParser
 from gradtag.clustering import (
     METHODS,
     average_density,
@@ -29,7 +30,7 @@ from gradtag.clustering import (
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     data = parser.add_argument_group("input")
     data.add_argument("--affinity", required=True, help="(n, n) task affinity matrix (.npy) from step 3; higher = more affinity")
     data.add_argument(
@@ -39,7 +40,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
 
     method = parser.add_argument_group("clustering")
-    method.add_argument("--k", type=int, required=True, help="number of groups, 1 <= k <= n")
+    method.add_argument("--k", type=POSITIVE_INT, required=True, help="number of groups, 1 <= k <= n")
     method.add_argument(
         "--method",
         default="sdp",
@@ -55,7 +56,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     method.add_argument(
         "--temperature",
-        type=float,
+        type=POSITIVE,
         default=None,
         help="if given, cluster exp(T / temperature) as in the paper's code (after centring); default: off",
     )

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from data import add_data_args, dataset_options, dataset_spec
 from gradtag.artifacts import UsageError, run_main, write_subsets
+from gradtag.checks import POSITIVE_INT, ArgumentParser
 from gradtag.subsets import DEFAULT_SAMPLED_DIR, all_pairs, sample_subsets, subsets_file_path
 
 DEFAULT_NUM_SUBSETS = 200  # m: subsets to sample
@@ -25,18 +26,18 @@ DEFAULT_SUBSET_SIZE = 5  # a: tasks per subset
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_data_args(parser)
     group = parser.add_argument_group("subsets")
     group.add_argument(
         "--num-subsets",
-        type=int,
+        type=POSITIVE_INT,
         default=None,
         help=f"m: number of distinct subsets to sample (default: {DEFAULT_NUM_SUBSETS})",
     )
     group.add_argument(
         "--subset-size",
-        type=int,
+        type=POSITIVE_INT,
         default=None,
         help=f"a: number of tasks in each subset (default: {DEFAULT_SUBSET_SIZE})",
     )

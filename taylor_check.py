@@ -33,7 +33,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from data import load_dataset
-from gradtag.artifacts import UsageError, file_digest, package_versions, read_json, run_main, write_json
+from gradtag.artifacts import UsageError, package_versions, read_config, run_main, weights_fingerprint, write_json
+from gradtag.checks import POSITIVE, POSITIVE_INT, ArgumentParser
 from gradtag.cli import add_folder_args, add_run_args, resolve_device, seed_everything
 from gradtag.gradients import batched_logits, flat_params, taylor_logits
 from gradtag.training import TrainConfig, load_checkpoint, train_model
@@ -129,24 +130,24 @@ def validation_pairs(dataset, subset: list[int]) -> tuple[torch.Tensor, torch.Te
 
 # ---------------------------------------------------------------------------------------------------------- the script
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True, help="step-1 checkpoint folder θ*, e.g. saved/planted/all_seed0")
     parser.add_argument("--data-dir", default=None, help="where the dataset's files are, if not where step 1 found them")
     group = parser.add_argument_group("what to check")
-    group.add_argument("--subset-size", type=int, default=5, help="tasks per random subset S")
-    group.add_argument("--num-subsets", type=int, default=5, help="number of random subsets S (drawn with --seed)")
+    group.add_argument("--subset-size", type=POSITIVE_INT, default=5, help="tasks per random subset S")
+    group.add_argument("--num-subsets", type=POSITIVE_INT, default=5, help="number of random subsets S (drawn with --seed)")
     group.add_argument(
         "--steps",
-        type=int,
+        type=POSITIVE_INT,
         nargs="+",
         default=[10, 25, 50, 100, 200],
         help="fine-tuning lengths: each subset is fine-tuned from θ* for each of these many optimiser steps",
     )
     group.add_argument(
-        "--lr", type=float, default=None, help="Adam learning rate of the fine-tuning (default: the checkpoint's own)"
+        "--lr", type=POSITIVE, default=None, help="Adam learning rate of the fine-tuning (default: the checkpoint's own)"
     )
     group.add_argument(
-        "--eval-batch-size", type=int, default=4096, help="samples per jvp call (memory knob; no effect on results)"
+        "--eval-batch-size", type=POSITIVE_INT, default=4096, help="samples per jvp call (memory knob; no effect on results)"
     )
     group.add_argument("--out", default=None, help="output JSON (default: <results-dir>/<dataset>_taylor.json)")
     group.add_argument("--overwrite", action="store_true", help="replace an existing output JSON instead of refusing")
@@ -205,7 +206,7 @@ def main(args: argparse.Namespace) -> None:
     validate(args)
     device = resolve_device(args.device)
     checkpoint = Path(args.checkpoint)
-    checkpoint_config = read_json(checkpoint / "config.json")
+    checkpoint_config = read_config(checkpoint, "checkpoint")
     num_tasks = len(checkpoint_config["task_names"])
     if args.subset_size > num_tasks:
         raise UsageError(f"--subset-size {args.subset_size} exceeds the checkpoint's {num_tasks} tasks")
@@ -245,7 +246,7 @@ def main(args: argparse.Namespace) -> None:
             "dataset": dataset.name,
             "dataset_fingerprint": dataset.fingerprint,
             "checkpoint": str(checkpoint),
-            "checkpoint_fingerprint": file_digest(checkpoint / "model.pt"),
+            "checkpoint_fingerprint": weights_fingerprint(checkpoint / "model.pt"),
             "num_params": int(base_params.numel()),
             "subsets": subsets,
             "steps": steps,

@@ -25,7 +25,6 @@ from gradtag.artifacts import (
     UsageError,
     check_compatible,
     checkpoint_dir,
-    file_digest,
     package_versions,
     read_json,
     read_results,
@@ -33,9 +32,11 @@ from gradtag.artifacts import (
     run_main,
     run_name,
     subset_key,
+    weights_fingerprint,
     write_json,
     write_results,
 )
+from gradtag.checks import POSITIVE_INT, ArgumentParser
 from gradtag.cli import (
     add_folder_args,
     add_model_args,
@@ -54,7 +55,7 @@ from models import build_model
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_data_args(parser)
     add_model_args(parser)
     add_training_args(parser)
@@ -62,7 +63,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     add_folder_args(parser, "saved", "results")
     group = parser.add_argument_group("what to train")
     group.add_argument("--tasks", default="all", help="'all' or task indices such as '0 3 5' (ignored with --subsets-file)")
-    group.add_argument("--runs", type=int, default=1, help="number of meta-initializations M: seeds seed .. seed+M-1")
+    group.add_argument("--runs", type=POSITIVE_INT, default=1, help="number of meta-initializations M: seeds seed .. seed+M-1")
     group.add_argument("--subsets-file", default=None, help="train one model per line of this sampled_tasks/groups file")
     group.add_argument(
         "--init-from",
@@ -74,7 +75,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         "the truth for an estimate over the same M bases, and compare prints their agreement (the θ* ceiling)",
     )
     group.add_argument(
-        "--truth-seeds", type=int, default=1, help="with --subsets-file: train every subset this many times (seeds)"
+        "--truth-seeds", type=POSITIVE_INT, default=1, help="with --subsets-file: train every subset this many times (seeds)"
     )
     group.add_argument(
         "--results-name",
@@ -211,7 +212,9 @@ def fine_tuning_start(args, dataset, device, options: dict) -> tuple[list[tuple[
         base_options = base_config_json["model_options"]
         seed = base_config_json["seed"] if len(args.init_from) > 1 else args.seed
         starts.append((seed, {key: value.clone() for key, value in base.state_dict().items()}))
-        identities.append({"init_from": str(folder), "init_fingerprint": file_digest(Path(folder) / "model.pt"), "seed": seed})
+        identities.append(
+            {"init_from": str(folder), "init_fingerprint": weights_fingerprint(Path(folder) / "model.pt"), "seed": seed}
+        )
     seeds = [seed for seed, _ in starts]
     if len(set(seeds)) != len(seeds):
         raise UsageError(f"--init-from checkpoints share a seed ({seeds}); pass bases of different seeds")

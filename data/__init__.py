@@ -17,6 +17,7 @@ from data.graph import SPLITS, GraphDataset, build_features, make_dataset
 from data.planted import generate_planted
 from data.snap import SNAP_URL, load_snap
 from gradtag.artifacts import UsageError, atomic_path, fingerprint, read_subsets, write_json, write_subsets
+from gradtag.checks import NONNEGATIVE_INT, OPEN_FRACTION, POSITIVE, POSITIVE_INT, PROBABILITY
 
 DEFAULT_CACHE_DIR = Path("datasets") / "cache"
 _SNAP_DEFAULTS = dict(num_tasks=100, train_frac=0.1, val_frac=0.2, embedding_dim=64, noise_dims=0, num_hops=3)
@@ -57,7 +58,7 @@ DATASETS = {
             planted_degree=10.0,
             planted_within=0.8,
             planted_core_within=0.7,
-            planted_seed=1,  # vetted: passes benchmarks/vet_planted.py (see README)
+            planted_seed=7,  # vetted under numpy 2.4 / scipy 1.17: the one of seeds 0-7 that passes vet_planted (README)
         ),
     ),
     **{name: _snap(name) for name in ("youtube", "amazon", "dblp", "livejournal", "orkut")},
@@ -105,19 +106,19 @@ def dataset_spec(name: str, data_dir: str | Path | None = None) -> dict:
 
 # Flags every script shares, declared once: (flag, type, help). Defaults are per dataset (see DATASETS).
 _OPTION_FLAGS = [
-    ("num_tasks", int, "number of tasks n: the n largest communities (SNAP) or groups x tasks per group (planted)"),
-    ("train_frac", float, "fraction of a community's nodes (and of the nodes outside it) used as training samples"),
-    ("val_frac", float, "fraction of the non-training nodes used for validation; the rest is test"),
-    ("embedding_dim", int, "dimension of the spectral structural embedding (node features)"),
-    ("noise_dims", int, "extra Gaussian noise feature columns (weakens features on purpose for the planted default)"),
-    ("num_hops", int, "SIGN propagation depth K: features X, AX, ..., A^K X"),
-    ("planted_nodes", int, "planted default: number of nodes"),
-    ("planted_groups", int, "planted default: number of task groups (graph regions)"),
-    ("planted_core_size", int, "planted default: nodes in each group's core community"),
-    ("planted_noise", float, "planted default: probability a core node is swapped out of a task's community"),
-    ("planted_degree", float, "planted default: average node degree"),
-    ("planted_within", float, "planted default: share of edges inside a node's region"),
-    ("planted_core_within", float, "planted default: share of a core node's within-region edges inside its core"),
+    ("num_tasks", POSITIVE_INT, "number of tasks n: the n largest communities (SNAP) or groups x tasks per group (planted)"),
+    ("train_frac", OPEN_FRACTION, "fraction of a community's nodes (and of the nodes outside it) used as training samples"),
+    ("val_frac", OPEN_FRACTION, "fraction of the non-training nodes used for validation; the rest is test"),
+    ("embedding_dim", POSITIVE_INT, "dimension of the spectral structural embedding (node features)"),
+    ("noise_dims", NONNEGATIVE_INT, "extra Gaussian noise feature columns (weakens features on purpose for the planted default)"),
+    ("num_hops", NONNEGATIVE_INT, "SIGN propagation depth K: features X, AX, ..., A^K X"),
+    ("planted_nodes", POSITIVE_INT, "planted default: number of nodes"),
+    ("planted_groups", POSITIVE_INT, "planted default: number of task groups (graph regions)"),
+    ("planted_core_size", POSITIVE_INT, "planted default: nodes in each group's core community"),
+    ("planted_noise", PROBABILITY, "planted default: probability a core node is swapped out of a task's community"),
+    ("planted_degree", POSITIVE, "planted default: average node degree"),
+    ("planted_within", PROBABILITY, "planted default: share of edges inside a node's region"),
+    ("planted_core_within", PROBABILITY, "planted default: share of a core node's within-region edges inside its core"),
     ("planted_seed", int, "planted default: generator seed"),
 ]
 OPTION_NAMES = [name for name, _, _ in _OPTION_FLAGS] + ["split_seed"]
@@ -155,6 +156,12 @@ def _resolve(spec: dict, options: dict) -> dict:
             raise UsageError(
                 f"--num-tasks {resolved['num_tasks']} must be a multiple of --planted-groups "
                 f"{resolved['planted_groups']} for the planted dataset"
+            )
+        region = resolved["planted_nodes"] // resolved["planted_groups"]
+        if resolved["planted_core_size"] >= region:
+            raise UsageError(
+                f"--planted-core-size {resolved['planted_core_size']} must be smaller than a region "
+                f"(--planted-nodes {resolved['planted_nodes']} / --planted-groups {resolved['planted_groups']} = {region} nodes)"
             )
     else:
         resolved = {key: value for key, value in resolved.items() if not key.startswith("planted_")}

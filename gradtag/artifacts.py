@@ -54,12 +54,33 @@ def gradient_file(folder: str | Path, task: int, split: str, kind: str) -> Path:
 
 
 # ---------------------------------------------------------------------------------------------------------- writes
+def check_output_path(path: str | Path) -> None:
+    """Make ``path``'s folder (and its parents); refuse, as a :class:`UsageError`, a parent that is a file, a folder
+    that cannot be created, and a ``path`` that exists but is not a regular file (a folder, a link, a device): the
+    atomic rename would replace it."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        blocker = next((parent for parent in reversed(path.parents) if parent.exists() and not parent.is_dir()), path.parent)
+        raise UsageError(f"cannot write {path}: {blocker} is a file, not a folder; choose another output path") from None
+    except OSError as err:
+        raise UsageError(
+            f"cannot write {path}: cannot create {path.parent} ({err.strerror}); choose another output path"
+        ) from None
+    if path.is_symlink() or (path.exists() and not path.is_file()):
+        raise UsageError(f"{path} exists and is not a regular file (a folder, link or device); choose another output path")
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    check_output_path(path)
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as err:
+        raise UsageError(f"cannot write {path} ({err.strerror}); choose a writable output path") from None
     os.close(fd)
     tmp = Path(tmp)
     try:
@@ -94,6 +115,78 @@ def save_npy(path: str | Path, array: np.ndarray) -> None:
             np.save(fh, array)
 
 
+def load_npy(path: str | Path, rerun: str) -> np.ndarray:
+    """A ``.npy`` array a step wrote; a missing, truncated or foreign file is a :class:`UsageError` naming it and
+    ``rerun``, the command that rewrites it."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"{path} does not exist; {rerun}")
+    try:
+        return np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as err:
+        raise UsageError(f"{path} is damaged or not a .npy array ({type(err).__name__}); {rerun}") from None
+
+
+def npy_complete(path: str | Path) -> bool:
+    """Whether ``path`` is a whole ``.npy`` file (header readable, data as long as the header says), without reading it."""
+    try:
+        np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError, EOFError):
+        return False
+    return True
+
+
+def load_weights(path: str | Path) -> dict:
+    """The state dict (name -> tensor, on the CPU) in a step-1 ``model.pt``; a missing, damaged or foreign file is a
+    :class:`UsageError` naming it."""
+    import pickle
+
+    import torch
+
+    path = Path(path)
+    rerun = "rerun train_multitask.py --overwrite for this run"
+    if not path.is_file():
+        raise UsageError(f"{path} is missing; {rerun}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as err:
+        raise UsageError(f"{path} is not a readable checkpoint ({type(err).__name__}); {rerun}") from None
+    if not isinstance(state, dict) or not all(isinstance(value, torch.Tensor) for value in state.values()):
+        raise UsageError(f"{path} does not hold a state dict of tensors; {rerun}")
+    return state
+
+
+def weights_fingerprint(path: str | Path) -> str:
+    """A short hash of the weights in a ``model.pt`` (names, dtypes, shapes, values), not of the file's bytes:
+    an identical retrain gives the same fingerprint, so resumable artifacts made from it stay valid."""
+    state = load_weights(path)
+    return fingerprint(*(part for name in sorted(state) for part in (name, state[name].numpy())))
+
+
+# Keys a step's folder config.json must hold, per kind of folder, and the script that writes it.
+_CONFIG_KINDS = {
+    "checkpoint": (("dataset", "dataset_fingerprint", "model", "model_options", "training", "seed"), "train_multitask.py"),
+    "gradients": (
+        ("dataset", "dataset_fingerprint", "task_names", "projection", "checkpoint_fingerprint"),
+        "collect_gradients.py",
+    ),
+}
+
+
+def read_config(folder: str | Path, kind: str) -> dict:
+    """``folder/config.json`` of a step-1 ``checkpoint`` or step-2 ``gradients`` folder; a folder of another kind
+    (e.g. a checkpoint where gradients are expected) is a :class:`UsageError` saying which kind it needs."""
+    keys, writer = _CONFIG_KINDS[kind]
+    config = read_json(Path(folder) / "config.json")
+    missing = [key for key in keys if key not in config]
+    if missing:
+        raise UsageError(
+            f"{folder} is not a {kind} folder written by {writer} (its config.json lacks {', '.join(missing)}); "
+            f"point to a {kind} folder"
+        )
+    return config
+
+
 def fingerprint(*parts) -> str:
     """A short stable hash of arrays, strings and numbers (order matters)."""
     digest = hashlib.sha256()
@@ -105,11 +198,6 @@ def fingerprint(*parts) -> str:
             digest.update(json.dumps(part, sort_keys=True, default=str).encode())
         digest.update(b"|")
     return digest.hexdigest()[:16]
-
-
-def file_digest(path: str | Path) -> str:
-    """A short hash of a file's bytes (identifies a checkpoint's weights)."""
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
 
 
 def package_versions() -> dict:
@@ -203,12 +291,18 @@ def read_results(path: str | Path) -> list[dict]:
         if reader.fieldnames not in (RESULT_COLUMNS, without_distance):
             raise UsageError(f"{path}: header {reader.fieldnames} is not the results header {RESULT_COLUMNS}")
         rows = list(reader)
-    for row in rows:
-        for key in ("subset_id", "task", "seed"):
-            row[key] = int(row[key])
+    for number, row in enumerate(rows, start=2):
         row.setdefault("distance", "nan")
-        for key in _FLOAT_COLUMNS:
-            row[key] = float(row[key])
+        try:
+            for key in ("subset_id", "task", "seed"):
+                row[key] = int(row[key])
+            for key in _FLOAT_COLUMNS:
+                row[key] = float(row[key])
+        except (TypeError, ValueError):
+            raise UsageError(
+                f"{path}:{number}: the row is cut short or not numeric, so the file is damaged; delete it (and its "
+                ".json sidecar) and rerun the step that writes it"
+            ) from None
     return rows
 
 

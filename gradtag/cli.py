@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from gradtag.artifacts import UsageError
+from gradtag.checks import DROPOUT, NONNEGATIVE, POSITIVE_INT
 from models import MODELS
 
 
@@ -57,41 +58,41 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--model", default="sign", choices=sorted(MODELS), help="network: SIGN (paper) or a plain MLP")
     group.add_argument(
         "--hop-width",
-        type=int,
+        type=POSITIVE_INT,
         default=None,
         help="width of each hop's layer (default: the dataset's recommended value; paper 256)",
     )
     group.add_argument(
         "--head-width",
-        type=int,
+        type=POSITIVE_INT,
         default=None,
         help="width of the last shared layer, before the per-task logits (default: the dataset's "
         "recommended value; paper 256, planted default 4 = number of groups)",
     )
-    group.add_argument("--dropout", type=float, default=0.0, help="dropout probability after each hidden layer")
+    group.add_argument("--dropout", type=DROPOUT, default=0.0, help="dropout probability after each hidden layer")
     group.add_argument("--batch-norm", action="store_true", help="batch normalisation after each hidden linear layer")
 
 
 def add_training_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("training")
-    group.add_argument("--epochs", type=int, default=1000, help="maximum passes over the training nodes")
+    group.add_argument("--epochs", type=POSITIVE_INT, default=1000, help="maximum passes over the training nodes")
     group.add_argument(
         "--lr",
-        type=float,
+        type=NONNEGATIVE,
         default=None,
         help="Adam learning rate (default: 1e-2; with --init-from, the fine-tuned truth's 1e-3, see --fixed-steps)",
     )
     group.add_argument(
         "--weight-decay",
-        type=float,
+        type=NONNEGATIVE,
         default=None,
         help="L2 penalty (x/2 * sum of squares) on the shared weights and the trained tasks' output rows "
         "(default: the dataset's recommended value, planted 1e-2, SNAP 0; with --init-from, the base's own)",
     )
-    group.add_argument("--batch-size", type=int, default=4096, help="training nodes per optimisation step")
+    group.add_argument("--batch-size", type=POSITIVE_INT, default=4096, help="training nodes per optimisation step")
     group.add_argument(
         "--patience",
-        type=int,
+        type=POSITIVE_INT,
         default=200,
         help="stop after this many epochs without a better validation score (macro-F1, then loss)",
     )
@@ -103,11 +104,11 @@ def add_training_args(parser: argparse.ArgumentParser) -> None:
         "planted on, SNAP off as in the paper; with --init-from, the base's own)",
     )
     group.add_argument(
-        "--eval-every", type=int, default=5, help="epochs between validation checks for early stopping (speed knob)"
+        "--eval-every", type=POSITIVE_INT, default=5, help="epochs between validation checks for early stopping (speed knob)"
     )
     group.add_argument(
         "--fixed-steps",
-        type=int,
+        type=POSITIVE_INT,
         default=None,
         help="train exactly this many optimisation steps with no early stopping (default with --init-from: 15 at lr "
         "1e-3, which moves θ* by ~5-10%% of its norm: the first-order regime the estimate models, README 'truth regime')",

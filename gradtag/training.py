@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from gradtag.artifacts import UsageError, atomic_path, check_compatible, read_json
+from gradtag.artifacts import UsageError, atomic_path, check_compatible, load_weights, read_config
 from gradtag.flops import SampledFlops
 from models import build_model
 
@@ -259,12 +259,17 @@ def load_checkpoint(folder: str | Path, device: torch.device, dataset=None) -> t
     """Load ``saved/<dataset>/<run>/`` (model.pt + config.json); if ``dataset`` is given, refuse a checkpoint made on
     another dataset, task list or split (fingerprint mismatch)."""
     folder = Path(folder)
-    config = read_json(folder / "config.json")
-    if not (folder / "model.pt").is_file():
-        raise UsageError(f"{folder / 'model.pt'} is missing; rerun train_multitask.py for this run")
+    config = read_config(folder, "checkpoint")
+    state = load_weights(folder / "model.pt")
     if dataset is not None:
         check_compatible(config, folder, dataset=dataset.name, dataset_fingerprint=dataset.fingerprint)
     model = model_from_config(config, device)
-    model.load_state_dict(torch.load(folder / "model.pt", map_location=device))
+    try:
+        model.load_state_dict(state)
+    except RuntimeError:
+        raise UsageError(
+            f"{folder / 'model.pt'} does not fit the {config['model']!r} model its config.json describes "
+            f"({config['model_options']}); rerun train_multitask.py --overwrite for this run"
+        ) from None
     model.eval()
     return model, config

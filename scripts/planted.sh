@@ -52,4 +52,4 @@ step grouped_training python train_multitask.py --dataset $DATASET --subsets-fil
     --baselines --seed $SEED --overwrite "${EXTRA[@]}"
 
 python pipeline_summary.py --groups results/${DATASET}_groups.json --training results/${DATASET}_groups_scratch_summary.json \
-    --comparison results/${NAME}_finetune_report.json --times "${TIMES[@]}"
+    --comparison results/${NAME}_finetune_report.json --times "${TIMES[@]}" --write results/${DATASET}_summary.md

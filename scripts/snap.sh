@@ -81,4 +81,4 @@ else
 fi
 
 python pipeline_summary.py --groups results/${DATASET}_groups.json "${SUMMARY[@]}" \
-    --comparison results/${NAME}_finetune_report.json --times "${TIMES[@]}"
+    --comparison results/${NAME}_finetune_report.json --times "${TIMES[@]}" --write results/${DATASET}_summary.md

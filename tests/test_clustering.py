@@ -152,7 +152,7 @@ def _bad_inputs(tmp_path: Path):
     not_npy = tmp_path / "text.npy"
     not_npy.write_text("not an array")
     return {
-        "k=0": (good, "0", "--k 0"),
+        "k=0": (good, "0", "--k: must be an integer >= 1"),
         "k>n": (good, "7", "--k 7"),
         "non-square": (nonsquare, "2", "shape (3, 4)"),
         "nan": (with_nan, "2", "non-finite"),

@@ -18,7 +18,7 @@ import torch
 import collect_gradients
 import train_multitask
 from data import load_dataset
-from gradtag.artifacts import file_digest, read_json
+from gradtag.artifacts import read_json, weights_fingerprint
 from gradtag.gradients import num_trainable_params
 from gradtag.projection import Projector
 from gradtag.training import load_checkpoint
@@ -86,7 +86,7 @@ def test_writes_identity_files_and_consistent_arrays_per_task_and_split(base, wo
     config = read_json(base.grads / "config.json")
     assert config["dataset"] == "planted" and config["dataset_fingerprint"] == dataset.fingerprint
     assert config["task_names"] == dataset.task_names and config["projection"] == spec
-    assert config["checkpoint_fingerprint"] == file_digest(base.checkpoint / "model.pt")
+    assert config["checkpoint_fingerprint"] == weights_fingerprint(base.checkpoint / "model.pt")
     assert config["splits"] == ["train", "val"] and config["args"]["project_dim"] == PROJECT_DIM
 
     with torch.no_grad():
@@ -211,10 +211,12 @@ def test_resuming_into_a_folder_of_another_projection_is_refused(base, workdir, 
     assert snapshot(folder) == before
 
 
-@pytest.mark.parametrize("shard_id", ["2", "-1"])
-def test_shard_id_out_of_range_exits_2_before_any_work(base, workdir, capsys, shard_id):
+@pytest.mark.parametrize(
+    "shard_id, fragments", [("2", ["--shard-id 2", "0..1"]), ("-1", ["--shard-id", "must be an integer >= 0"])]
+)
+def test_shard_id_out_of_range_exits_2_before_any_work(base, workdir, capsys, shard_id, fragments):
     out = workdir / "grads"
     argv = collect_argv(base.checkpoint, out, "--num-shards", "2", "--shard-id", shard_id)
     assert exit_status(collect_gradients.main, collect_gradients.get_args_parser(), argv) == 2
-    assert_one_line_error(capsys, f"--shard-id {shard_id}", "0..1")
+    assert_one_line_error(capsys, *fragments)
     assert not out.exists() and not (workdir / "datasets").exists()

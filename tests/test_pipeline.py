@@ -18,7 +18,7 @@ import run_clustering
 import sample_subsets
 import train_multitask
 from gradtag.artifacts import RESULT_COLUMNS, read_results, read_subsets
-from tests.conftest import TINY_PLANTED_FLAGS
+from tests.conftest import TINY_PLANTED_FLAGS, exit_status
 
 SCRIPTS = {
     "train_multitask.py": train_multitask,
@@ -113,16 +113,35 @@ def test_every_step_end_to_end_on_tiny_planted_data(workdir, capsys):
         "--times",
         "train_theta=1.5",
         "gradients=4",
+        "--write",
+        results / "planted_summary.md",
     )
     printed = capsys.readouterr().out
+    summary = (results / "planted_summary.md").read_text()
+    assert summary in printed
     group_text = " | ".join(" ".join(map(str, group)) for group in groups)
-    assert f"groups found (sdp, k=2): {group_text}" in printed
-    assert f"adjusted Rand index against the planted groups: {clustering['ari']:.3f}" in printed
-    assert f"estimate vs {truth_csv} (loss): per-task Spearman {entry['spearman_per_task_subsets']:.3f}" in printed
-    assert "| method | models | avg test macro-F1 | train s |" in printed
-    assert f"| grouped | {len(groups)} | {training_summary['grouped']['avg_test_f1']:.4f} |" in printed
-    assert "| STL | 4 |" in printed and "| MTL | 1 |" in printed
-    assert "| step | seconds |" in printed and "| train_theta | 1.5 |" in printed and "| gradients | 4.0 |" in printed
+    assert f"Groups found (sdp, k = 2): {group_text}" in summary
+    assert f"adjusted Rand index against the planted groups: **{clustering['ari']:.3f}**" in summary
+    assert f"| loss | {entry['spearman_per_task_subsets']:.3f} | {entry['spearman_per_task_rows']:.3f} |" in summary
+    assert f"| grouped | {len(groups)} | {training_summary['grouped']['avg_test_f1']:.3f} |" in summary
+    assert "| STL | 4 |" in summary and "| MTL | 1 |" in summary
+    assert "seconds" not in summary  # only figures a rerun reproduces
+    assert "| train_theta | 1.5 |" in printed and "| gradients | 4.0 |" in printed
+
+    # README's copy: the check fails on a stale block, the update writes the summary in, then the check passes
+    readme = workdir / "README.md"
+    readme.write_text("intro\n<!-- pipeline_summary: planted_summary.md -->\nold figures\n<!-- /pipeline_summary -->\nend\n")
+    copy_flags = ["--summary", str(results / "planted_summary.md")]
+    assert (
+        exit_status(pipeline_summary.main, pipeline_summary.get_args_parser(), ["--check-readme", str(readme), *copy_flags]) == 1
+    )
+    call(pipeline_summary, "--update-readme", readme, *copy_flags)
+    assert (
+        readme.read_text() == f"intro\n<!-- pipeline_summary: planted_summary.md -->\n{summary}<!-- /pipeline_summary -->\nend\n"
+    )
+    assert (
+        exit_status(pipeline_summary.main, pipeline_summary.get_args_parser(), ["--check-readme", str(readme), *copy_flags]) == 0
+    )
 
 
 @pytest.mark.parametrize("script", list(SCRIPTS))
