@@ -23,7 +23,9 @@ import numpy as np
 from data import load_dataset
 from gradtag.artifacts import (
     UsageError,
+    add_cost,
     check_compatible,
+    exclusive_lock,
     gradient_file,
     gradients_dir,
     npy_complete,
@@ -143,47 +145,59 @@ def main(args: argparse.Namespace) -> None:
         write_json(config_path, {**identity, "base_norm": base_norm, "versions": package_versions(), "args": vars(args)})
 
     tasks = shard_tasks
-    todo = [task for task in tasks if not task_done(folder, task, args.splits)]
-    start = time.perf_counter()
-    with count_flops() as flops:
-        collect_tasks(args, dataset, model, projector, folder, todo, device)
-    seconds = time.perf_counter() - start
     cost_path = folder / f"cost_shard{args.shard_id}of{args.num_shards}.json"
-    if todo:  # seconds and FLOPs of this shard, summed over resumed runs
-        previous = read_json(cost_path) if cost_path.is_file() else {"seconds": 0.0, "flops": 0}
-        write_json(cost_path, {"seconds": previous["seconds"] + seconds, "flops": previous["flops"] + flops.total})
+    with exclusive_lock(cost_path, f"shard {args.shard_id} of {args.num_shards} of {folder}"):
+        todo = [task for task in tasks if not task_done(folder, task, args.splits)]
+        seconds, total_flops = collect_tasks(args, dataset, model, projector, folder, tasks, set(todo), device, cost_path)
     print(
         f"projected gradients (p={projector.num_params} -> d={args.project_dim}) of {len(todo)} tasks "
-        f"({len(tasks) - len(todo)} already done) in {seconds:.1f}s ({format_flops(flops.total)}); wrote {folder}"
+        f"({len(tasks) - len(todo)} already done) in {seconds:.1f}s ({format_flops(total_flops)}); wrote {folder}"
     )
 
 
-def collect_tasks(args, dataset, model, projector, folder: Path, todo: list[int], device) -> None:
-    """Compute and save the projected gradients, base logits, labels and nodes of every task in ``todo``, per split."""
-    for first in range(0, len(todo), args.task_chunk):
-        chunk = todo[first : first + args.task_chunk]
+def collect_tasks(
+    args, dataset, model, projector, folder: Path, tasks: list[int], todo: set[int], device, cost_path: Path
+) -> tuple[float, int]:
+    """Compute and save the projected gradients, base logits, labels and nodes of every task in ``todo``, per split.
+
+    The shard's ``tasks`` are cut into chunks of ``--task-chunk`` at fixed places and a chunk holding any task of
+    ``todo`` is computed whole: batches then hold the same samples as in an uninterrupted run, so a resumed run writes
+    the same bytes (float32 results depend, at the 1e-7 level, on which samples share a batch). Each chunk's seconds
+    and FLOPs are added to ``cost_path`` before its files are written, so a killed run loses no cost (a chunk killed
+    before its files were written is counted again when redone). Returns the seconds and FLOPs of this run."""
+    total_seconds, total_flops = 0.0, 0
+    chunks = [tasks[first : first + args.task_chunk] for first in range(0, len(tasks), args.task_chunk)]
+    for chunk in [chunk for chunk in chunks if todo.intersection(chunk)]:
         pieces = [(task, split, dataset.samples(task, split)) for task in chunk for split in args.splits]
         nodes = np.concatenate([samples for _, _, samples in pieces])
         owners = np.concatenate([np.full(len(samples), task) for task, _, samples in pieces])
-        gradients, outputs = collect_projected_gradients(
-            model,
-            dataset.features,
-            (nodes, owners),
-            projector,
-            batch_size=args.batch_size,
-            device=device,
-            progress=not args.no_progress,
-            desc=f"gradients tasks {chunk[0]}..{chunk[-1]}",
-        )
+        start = time.perf_counter()
+        with count_flops() as flops:
+            gradients, outputs = collect_projected_gradients(
+                model,
+                dataset.features,
+                (nodes, owners),
+                projector,
+                batch_size=args.batch_size,
+                device=device,
+                progress=not args.no_progress,
+                desc=f"gradients tasks {chunk[0]}..{chunk[-1]}",
+            )
+        seconds = time.perf_counter() - start
+        add_cost(cost_path, seconds, flops.total)
+        total_seconds, total_flops = total_seconds + seconds, total_flops + flops.total
         offset = 0
         for task, split, samples in pieces:
             rows = slice(offset, offset + len(samples))
             offset += len(samples)
+            if task not in todo:
+                continue
             save_npy(gradient_file(folder, task, split, "gradients"), gradients[rows])
             save_npy(gradient_file(folder, task, split, "outputs"), outputs[rows])
             save_npy(gradient_file(folder, task, split, "labels"), dataset.labels[samples, task].astype(np.float32))
             # nodes last: a task counts as done only once every file of it is on disk
             save_npy(gradient_file(folder, task, split, "nodes"), samples.astype(np.int64))
+    return total_seconds, total_flops
 
 
 if __name__ == "__main__":

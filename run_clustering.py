@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from gradtag.affinity import fill_uncovered
 from gradtag.artifacts import UsageError, fingerprint, read_subsets, run_main, write_json, write_subsets
 from gradtag.checks import POSITIVE, POSITIVE_INT, ArgumentParser
 from gradtag.clustering import (
@@ -94,10 +95,16 @@ def load_affinity(path: str | Path) -> np.ndarray:
     if T.ndim != 2 or T.shape[0] != T.shape[1] or T.shape[0] == 0:
         raise UsageError(f"{path} has shape {T.shape}; the affinity must be a non-empty square (n, n) matrix")
     T = T.astype(np.float64)
-    bad = np.argwhere(~np.isfinite(T))
+    bad = np.argwhere(np.isinf(T))
     if bad.size:
         i, j = bad[0]
-        raise UsageError(f"{path} has {len(bad)} non-finite entries (first at [{i}, {j}] = {T[i, j]}); fix step 3's output")
+        raise UsageError(f"{path} has {len(bad)} infinite entries (first at [{i}, {j}] = {T[i, j]}); fix step 3's output")
+    try:
+        T, filled = fill_uncovered(T)
+    except UsageError as err:
+        raise UsageError(f"{path}: {err}; add subsets holding every task") from None
+    if filled:  # step 3's rule for pairs no subset covers: NaN in T, given its row's mean here and in compare
+        print(f"note: {filled} entries of {path} are NaN (pairs no subset covers); clustering gives them their row's mean")
     return T
 
 

@@ -25,6 +25,7 @@ from gradtag.artifacts import (
     UsageError,
     check_compatible,
     checkpoint_dir,
+    exclusive_lock,
     package_versions,
     read_json,
     read_results,
@@ -248,37 +249,58 @@ def train_subset_models(args, dataset, device, options: dict, subsets, csv_path:
         "init": init_identity,
         "seed": args.seed,
     }
-    sidecar = csv_path.with_suffix(".json")
-    rows, previous_seconds, previous_flops = [], 0.0, 0
-    if csv_path.exists() and not args.overwrite:
-        previous = read_json(sidecar)
-        check_compatible(
-            previous,
-            sidecar,
-            **{
-                key: identity[key]
-                for key in ("dataset", "dataset_fingerprint", "model_options", "training", "subsets", "mode", "init")
-            },
+    with exclusive_lock(csv_path, str(csv_path)):  # two runs on one CSV would train every subset twice
+        sidecar = csv_path.with_suffix(".json")
+        rows, previous_seconds, previous_flops = [], 0.0, 0
+        if csv_path.exists() and not args.overwrite:
+            previous = read_json(sidecar)
+            check_compatible(
+                previous,
+                sidecar,
+                **{
+                    key: identity[key]
+                    for key in ("dataset", "dataset_fingerprint", "model_options", "training", "subsets", "mode", "init")
+                },
+            )
+            rows, previous_seconds, previous_flops = (
+                read_results(csv_path),
+                previous.get("seconds", 0.0),
+                previous.get("flops", 0),
+            )
+        done = {(row["subset_id"], row["seed"]) for row in rows}
+        jobs = [(index, seed) for index in range(len(subsets)) for seed, _ in starts]
+        todo = [job for job in jobs if job not in done]
+        start = time.perf_counter()
+
+        def record_cost(flops_so_far: int) -> None:  # before each model's rows are written: a kill loses no cost
+            seconds_so_far = time.perf_counter() - start
+            write_json(
+                sidecar,
+                {
+                    **identity,
+                    "args": vars(args),
+                    "seconds": previous_seconds + seconds_so_far,
+                    "flops": previous_flops + flops_so_far,
+                },
+            )
+
+        record_cost(0)
+        flops = train_each_subset(args, dataset, device, options, subsets, todo, dict(starts), rows, csv_path, record_cost)
+        seconds = time.perf_counter() - start
+        total_seconds = previous_seconds + seconds
+        record_cost(flops)
+        print(
+            f"{csv_path.stem}: trained {len(todo)} models ({len(jobs) - len(todo)} already done) in {seconds:.1f}s "
+            f"({format_flops(flops)}); wrote {csv_path}"
         )
-        rows, previous_seconds, previous_flops = read_results(csv_path), previous.get("seconds", 0.0), previous.get("flops", 0)
-    done = {(row["subset_id"], row["seed"]) for row in rows}
-    jobs = [(index, seed) for index in range(len(subsets)) for seed, _ in starts]
-    todo = [job for job in jobs if job not in done]
-    write_json(sidecar, {**identity, "args": vars(args), "seconds": previous_seconds, "flops": previous_flops})
-    start = time.perf_counter()
-    flops = train_each_subset(args, dataset, device, options, subsets, todo, dict(starts), rows, csv_path)
-    seconds = time.perf_counter() - start
-    total_seconds, total_flops = previous_seconds + seconds, previous_flops + flops
-    write_json(sidecar, {**identity, "args": vars(args), "seconds": total_seconds, "flops": total_flops})
-    print(
-        f"{csv_path.stem}: trained {len(todo)} models ({len(jobs) - len(todo)} already done) in {seconds:.1f}s "
-        f"({format_flops(flops)}); wrote {csv_path}"
-    )
-    return rows, total_seconds
+        return rows, total_seconds
 
 
-def train_each_subset(args, dataset, device, options: dict, subsets, todo, states: dict, rows: list, csv_path) -> int:
-    """Train and score the (subset index, seed) jobs in ``todo``, appending rows and rewriting ``csv_path`` after each.
+def train_each_subset(
+    args, dataset, device, options: dict, subsets, todo, states: dict, rows: list, csv_path, record_cost
+) -> int:
+    """Train and score the (subset index, seed) jobs in ``todo``, appending rows and rewriting ``csv_path`` after each,
+    after calling ``record_cost(FLOPs so far)``.
 
     ``states`` maps each seed to its start: a state dict to fine-tune, or None for the seed's fresh initialisation.
 
@@ -312,6 +334,7 @@ def train_each_subset(args, dataset, device, options: dict, subsets, todo, state
                     "source": "trained",
                 }
             )
+        record_cost(flops + scoring.total)
         write_results(csv_path, rows)
     return flops + scoring.total
 

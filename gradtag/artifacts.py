@@ -94,6 +94,31 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             tmp.unlink()
 
 
+@contextlib.contextmanager
+def exclusive_lock(path: str | Path, what: str) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` (a hidden ``.<name>.lock`` beside it) for the block, or refuse with a
+    :class:`UsageError` if another process holds it: two runs writing ``what`` at once would both do the same work.
+    The operating system drops the lock when its process dies, even by SIGKILL, so a killed run never blocks a resume.
+    """
+    import fcntl
+
+    path = Path(path)
+    lock_path = path.with_name(f".{path.name}.lock")
+    check_output_path(lock_path)
+    with open(lock_path, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UsageError(
+                f"another run is writing {what} ({lock_path} is locked); wait for it to finish, then rerun to resume"
+            ) from None
+        try:
+            yield
+        finally:
+            lock_path.unlink(missing_ok=True)
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def write_json(path: str | Path, obj) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
@@ -185,6 +210,13 @@ def read_config(folder: str | Path, kind: str) -> dict:
             f"point to a {kind} folder"
         )
     return config
+
+
+def add_cost(path: str | Path, seconds: float, flops: int) -> None:
+    """Add ``seconds`` and ``flops`` to the cost record ``path`` (``{"seconds", "flops"}``, summed over resumed runs)."""
+    path = Path(path)
+    previous = read_json(path) if path.is_file() else {"seconds": 0.0, "flops": 0}
+    write_json(path, {"seconds": previous["seconds"] + seconds, "flops": previous["flops"] + flops})
 
 
 def fingerprint(*parts) -> str:

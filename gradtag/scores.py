@@ -57,7 +57,10 @@ def save_affinity(prefix: Path, records, num_tasks: int, pairwise: bool, meta: d
     missing = uncovered_pairs(counts)
     if missing:
         shown = ", ".join(f"({i},{j})" for i, j in missing[:10])
-        print(f"warning: {len(missing)} task pairs are in no subset (T is NaN there): {shown}; sample more subsets")
+        print(
+            f"warning: {len(missing)} task pairs are in no subset: {shown}; T is NaN there, and run_clustering.py and "
+            "compare_affinities.py give those entries their row's mean (sample more subsets to cover them)"
+        )
     if not np.isfinite(affinity).all() and not missing:
         raise UsageError(f"{path}: affinity holds non-finite values; check the scores")
     save_npy(path, affinity)

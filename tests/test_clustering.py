@@ -20,7 +20,7 @@ from gradtag.clustering import (
     spectral_cluster,
     threshold_groups,
 )
-from run_clustering import get_args_parser, main
+from run_clustering import get_args_parser, load_affinity, main
 
 REPO = Path(__file__).resolve().parents[1]
 TRUE_GROUPS = [[0, 1], [2, 3], [4, 5]]
@@ -145,23 +145,28 @@ def _bad_inputs(tmp_path: Path):
     np.save(good, example_4_1())
     nonsquare = tmp_path / "nonsquare.npy"
     np.save(nonsquare, np.ones((3, 4)))
-    with_nan = tmp_path / "nan.npy"
+    with_inf = tmp_path / "inf.npy"
     T = example_4_1()
-    T[2, 3] = np.nan
-    np.save(with_nan, T)
+    T[2, 3] = np.inf
+    np.save(with_inf, T)
+    task_in_no_subset = tmp_path / "nan_row.npy"
+    T = example_4_1()
+    T[1, :] = np.nan
+    np.save(task_in_no_subset, T)
     not_npy = tmp_path / "text.npy"
     not_npy.write_text("not an array")
     return {
         "k=0": (good, "0", "--k: must be an integer >= 1"),
         "k>n": (good, "7", "--k 7"),
         "non-square": (nonsquare, "2", "shape (3, 4)"),
-        "nan": (with_nan, "2", "non-finite"),
+        "inf": (with_inf, "2", "infinite entries"),
+        "task in no subset": (task_in_no_subset, "2", "in no scored subset"),
         "missing": (tmp_path / "missing.npy", "2", "does not exist"),
         "not npy": (not_npy, "2", "not a loadable .npy"),
     }
 
 
-@pytest.mark.parametrize("case", ["k=0", "k>n", "non-square", "nan", "missing", "not npy"])
+@pytest.mark.parametrize("case", ["k=0", "k>n", "non-square", "inf", "task in no subset", "missing", "not npy"])
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, case):
     affinity, k, expected = _bad_inputs(tmp_path)[case]
     out = tmp_path / "out" / "groups.txt"
@@ -180,6 +185,21 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, case):
     assert status == 2
     assert expected in stderr and stderr.count("\n") == 1
     assert not out.parent.exists()
+
+
+def test_uncovered_pairs_get_their_row_mean_as_in_compare(tmp_path, capsys):
+    """Step 3's rule for a pair no subset covers (NaN in T): clustering fills it with its row's mean, as compare does."""
+    T = example_4_1()
+    T[0, 3] = T[3, 0] = np.nan
+    path = tmp_path / "uncovered.npy"
+    np.save(path, T)
+    filled = T.copy()
+    filled[0, 3] = np.nanmean(T[0])
+    filled[3, 0] = np.nanmean(T[3])
+    assert np.allclose(load_affinity(path), filled)
+    assert "2 entries" in capsys.readouterr().out
+    run_cli("--affinity", str(path), "--k", "2", "--out", str(tmp_path / "groups.txt"))
+    assert (tmp_path / "groups.txt").is_file()
 
 
 def test_refuses_to_overwrite(tmp_path):

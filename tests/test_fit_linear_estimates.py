@@ -273,7 +273,8 @@ def test_uncovered_pairs_are_warned_about_and_left_nan(folders, tmp_path, capsys
     out = capsys.readouterr().out
     warnings = [line for line in out.splitlines() if line.startswith("warning:")]
     assert warnings == [
-        "warning: 4 task pairs are in no subset (T is NaN there): (0,3), (1,3), (2,3), (3,3); sample more subsets"
+        "warning: 4 task pairs are in no subset: (0,3), (1,3), (2,3), (3,3); T is NaN there, and run_clustering.py and "
+        "compare_affinities.py give those entries their row's mean (sample more subsets to cover them)"
     ]
     T = np.load(tmp_path / "partial_estimate_higher_order.npy")
     assert np.isnan(T[3]).all() and np.isnan(T[:, 3]).all() and np.isfinite(T[:3, :3]).all()
