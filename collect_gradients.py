@@ -78,12 +78,8 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def validate(args) -> None:
-    if args.project_dim < 1:
-        raise UsageError("--project-dim must be a positive integer")
     if not 0 <= args.shard_id < args.num_shards:
         raise UsageError(f"--shard-id {args.shard_id} must lie in 0..{args.num_shards - 1} (--num-shards {args.num_shards})")
-    if args.batch_size < 1 or args.task_chunk < 1:
-        raise UsageError("--batch-size and --task-chunk must be at least 1")
 
 
 def task_done(folder: Path, task: int, splits) -> bool:

@@ -368,8 +368,6 @@ def load_base(config: dict, device, data_dir=None):
 
 
 def main(args: argparse.Namespace) -> None:
-    if args.l2 < 0 or args.batch_size < 1 or min(args.l2_grid) < 0:
-        raise UsageError("--l2 and every --l2-grid value must be >= 0, and --batch-size >= 1")
     if "exact-step" in [args.solver, *(args.calibrate_solvers or [])] and (
         args.eval != "linearized" or args.l2 == 0 or min(args.l2_grid) == 0
     ):

@@ -140,8 +140,6 @@ def main(args) -> dict:
     n = T.shape[0]
     if not 1 <= args.k <= n:
         raise UsageError(f"--k {args.k} is out of range; it must be between 1 and the number of tasks n={n}")
-    if args.temperature is not None and not args.temperature > 0:
-        raise UsageError(f"--temperature {args.temperature} must be > 0")
     out, summary_path, heatmap_path = output_paths(args)
     planted = load_planted(args.planted, n) if args.planted else None
 

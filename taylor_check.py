@@ -157,14 +157,6 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def validate(args: argparse.Namespace) -> None:
-    if args.subset_size < 1 or args.num_subsets < 1:
-        raise UsageError("--subset-size and --num-subsets must be at least 1")
-    if any(steps < 1 for steps in args.steps):
-        raise UsageError(f"--steps {' '.join(map(str, args.steps))}: every step count must be at least 1")
-    if args.lr is not None and not args.lr > 0:
-        raise UsageError("--lr must be positive")
-    if args.eval_batch_size < 1:
-        raise UsageError("--eval-batch-size must be at least 1")
     if not (Path(args.checkpoint) / "config.json").is_file():
         raise UsageError(f"checkpoint {args.checkpoint} has no config.json; train it first with train_multitask.py")
 

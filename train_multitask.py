@@ -97,14 +97,8 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def validate(args: argparse.Namespace) -> None:
-    if args.runs < 1 or args.truth_seeds < 1:
-        raise UsageError("--runs and --truth-seeds must be at least 1")
     if args.init_from and not args.subsets_file:
         raise UsageError("--init-from only applies with --subsets-file (fine-tuning θ* on each subset)")
-    if args.lr is not None and not args.lr >= 0:
-        raise UsageError(f"--lr {args.lr} must be >= 0")
-    if args.fixed_steps is not None and args.fixed_steps < 1:
-        raise UsageError("--fixed-steps must be at least 1")
     if args.init_from and len(args.init_from) > 1 and args.truth_seeds > 1:
         raise UsageError("--truth-seeds > 1 with several --init-from checkpoints: rows are keyed by the base's seed; pass one")
 

@@ -326,6 +326,8 @@ def read_results(path: str | Path) -> list[dict]:
     for number, row in enumerate(rows, start=2):
         row.setdefault("distance", "nan")
         try:
+            if None in row.values() or None in row:  # fields missing (cut short) or extra ones
+                raise ValueError
             for key in ("subset_id", "task", "seed"):
                 row[key] = int(row[key])
             for key in _FLOAT_COLUMNS:

@@ -165,12 +165,18 @@ def test_second_run_skips_tasks_already_written(base, workdir, capsys):
     assert snapshot(folder) == before
     assert {path.name: path.stat().st_mtime_ns for path in folder.iterdir()} == stamps
 
-    # A task whose last file (nodes) is missing was interrupted: only it is computed again.
+    # A task whose last file (nodes) is missing was interrupted: only its files are written again, but its whole
+    # chunk (here all four tasks, --task-chunk 10) is computed, so that its batches and hence its bytes are the same.
     (folder / "task_1_val_nodes.npy").unlink()
+    (folder / "task_1_val_gradients.npy").write_bytes(b"")  # and a damaged file is not counted as done
     collect(base.checkpoint, folder)
     assert "of 1 tasks (3 already done)" in capsys.readouterr().out
-    cost_before, cost_after = (json.loads(f["cost_shard0of1.json"]) for f in (before, snapshot(folder)))
-    assert 0 < cost_before["flops"] < cost_after["flops"] < 2 * cost_before["flops"]  # one of four tasks added
+    after = snapshot(folder)
+    assert {name: data for name, data in after.items() if name != "cost_shard0of1.json"} == {
+        name: data for name, data in before.items() if name != "cost_shard0of1.json"
+    }
+    cost_before, cost_after = (json.loads(f["cost_shard0of1.json"]) for f in (before, after))
+    assert cost_after["flops"] == 2 * cost_before["flops"]  # the chunk once more
     assert np.array_equal(np.load(folder / "task_1_val_nodes.npy"), np.load(base.grads / "task_1_val_nodes.npy"))
     np.testing.assert_allclose(
         np.load(folder / "task_1_val_gradients.npy"), np.load(base.grads / "task_1_val_gradients.npy"), rtol=1e-5, atol=1e-6
