@@ -139,6 +139,12 @@ def text_file(name: str, text: str) -> str:
     return f"bad/{name}"
 
 
+def symlink(name: str) -> str:
+    Path("bad").mkdir(exist_ok=True)
+    Path("bad", name).symlink_to(Path("notes.txt").resolve())
+    return f"bad/{name}"
+
+
 def out_folder_with_user_files() -> str:
     Path("bad/out/sub").mkdir(parents=True)
     Path("bad/out/notes.txt").write_text("keep me\n")
@@ -289,6 +295,16 @@ CASES = {
         ["--affinity", lambda: text_file("t.npy", "text"), "--k", "2", "--out", "g.txt"],
         "not a loadable .npy",
     ),
+    "cluster --out is a symlink": (
+        run_clustering,
+        ["--affinity", AFFINITY, "--k", "2", "--out", lambda: symlink("link.txt"), "--overwrite"],
+        "is not a regular file",
+    ),
+    "cluster --out is a device": (
+        run_clustering,
+        ["--affinity", AFFINITY, "--k", "2", "--out", "/dev/null", "--overwrite"],
+        "/dev/null exists and is not a regular file",
+    ),
     # Taylor check and summary
     "taylor --steps 0": (taylor_check, ["--checkpoint", CKPT, "--steps", "5", "0"], "--steps: must be"),
     "taylor --num-subsets 0": (taylor_check, ["--checkpoint", CKPT, "--num-subsets", "0"], "--num-subsets: must be"),
@@ -332,3 +348,51 @@ def test_bad_input_exits_2_with_one_line_and_changes_nothing(root, monkeypatch, 
         assert tree(root) == before, "the failed run changed files"
     finally:
         shutil.rmtree(root / "bad", ignore_errors=True)
+
+
+def test_overwrite_replaces_only_the_steps_own_files(root, monkeypatch):
+    monkeypatch.chdir(root)
+    out = Path(out_folder_with_user_files())
+    try:
+        call(collect_gradients, "--checkpoint", CKPT, "--project-dim", 8, "--out", out, "--no-progress")
+        call(collect_gradients, "--checkpoint", CKPT, "--project-dim", 8, "--out", out, "--no-progress", "--overwrite")
+        assert (out / "notes.txt").read_text() == "keep me\n" and (out / "sub").is_dir()
+        arrays = {name: data for name, data in tree(out).items() if name.endswith(".npy")}
+        assert arrays == {name: data for name, data in tree(Path(GRADS)).items() if name.endswith(".npy")}
+        assert json.loads((out / "cost_shard0of1.json").read_text()) == json.loads(
+            (Path(GRADS) / "cost_shard0of1.json").read_text()
+        ) | {
+            "seconds": json.loads((out / "cost_shard0of1.json").read_text())["seconds"]
+        }  # the overwritten run's cost only, not added to the first run's
+    finally:
+        shutil.rmtree(root / "bad", ignore_errors=True)
+
+
+def test_a_second_run_on_a_locked_truth_csv_is_refused(root, monkeypatch, capsys):
+    from gradtag.artifacts import exclusive_lock
+
+    monkeypatch.chdir(root)
+    argv = [*TRAIN, "--subsets-file", SUBSETS, "--init-from", CKPT, "--fixed-steps", "3", "--results-name", "locked"]
+    csv_path = root / "results" / "locked.csv"
+    with exclusive_lock(csv_path, "test"):  # as if another process were training into it
+        assert exit_status(train_multitask.main, train_multitask.get_args_parser(), argv) == 2
+    assert "another run is writing" in capsys.readouterr().err and not csv_path.exists()
+    call(train_multitask, *argv)  # the lock is gone with its holder
+    assert csv_path.is_file() and not (root / "results" / ".locked.csv.lock").exists()
+    csv_path.unlink()
+    csv_path.with_suffix(".json").unlink()
+
+
+def test_an_identical_retrain_keeps_the_weights_fingerprint_and_resumes(tmp_path, monkeypatch, capsys):
+    """Fingerprints hash the weights, not model.pt's bytes: retraining θ* identically keeps gradients resumable."""
+    from gradtag.artifacts import weights_fingerprint
+
+    monkeypatch.chdir(tmp_path)
+    call(train_multitask, *TRAIN)
+    first = weights_fingerprint(Path(CKPT) / "model.pt")
+    call(collect_gradients, "--checkpoint", CKPT, "--project-dim", 8, "--no-progress", "--tasks", "0 1")
+    call(train_multitask, *TRAIN, "--overwrite")
+    assert weights_fingerprint(Path(CKPT) / "model.pt") == first
+    capsys.readouterr()
+    call(collect_gradients, "--checkpoint", CKPT, "--project-dim", 8, "--no-progress")
+    assert "of 2 tasks (2 already done)" in capsys.readouterr().out
