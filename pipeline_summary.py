@@ -115,7 +115,10 @@ def main(args: argparse.Namespace) -> None:
             raise UsageError(f"--times {item!r}: give step=seconds") from None
     print("\n## Summary\n" + markdown)
     if training:
-        times += [f"| train {method} ({row['models']} models) | {row['seconds']:.1f} |" for method, row in training.items()]
+        times += [
+            f"| train {method} ({row['models']} model{'s' * (row['models'] != 1)}) | {row['seconds']:.1f} |"
+            for method, row in training.items()
+        ]
     if times:
         print("| step | seconds (this run) |\n|---|---|\n" + "\n".join(times))
     if args.write:

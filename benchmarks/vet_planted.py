@@ -86,7 +86,29 @@ def get_args_parser() -> argparse.ArgumentParser:
         "the tiny model's steps ~20x slower)",
     )
     parser.add_argument("--verbose", action="store_true", help="show the steps' own output instead of logging it")
+    parser.add_argument(
+        "--table-from",
+        nargs="+",
+        default=None,
+        metavar="VET_JSON",
+        help="run nothing: print one README table, a row per seed, from the vet.json files of earlier runs",
+    )
     return parser
+
+
+def print_seed_rows(paths: list[str]) -> None:
+    """The README's vet table from saved ``vet.json`` files: one row per generator seed, in seed order."""
+    outs = sorted((out for path in paths for out in read_json(path)["seeds"]), key=lambda out: out["seed"])
+    print(
+        "| generator seed | θ* test F1 (all-positive) | truth group effect per partner (t) | ARI true T | ARI estimated T "
+        "| per-task ρ | passes |\n|---|---|---|---|---|---|---|"
+    )
+    for out in outs:
+        print(
+            f"| {out['seed']} | {out['theta_test_f1']:.3f} ({out['trivial_test_f1']:.3f}) | {out['effect_slope']:+.4f} "
+            f"({out['effect_t']:.1f}) | {out['ari_true_b']:.2f} | {out['ari_est']:.2f} | "
+            f"{out['vs_b_spearman_per_task_subsets']:.3f} | {'**yes**' if out['passes'] else 'no'} |"
+        )
 
 
 def run_step(module, argv: list[str], log: Path, verbose: bool) -> float:
@@ -270,6 +292,9 @@ def print_table(out: dict) -> None:
 
 
 def main(args: argparse.Namespace) -> None:
+    if args.table_from:
+        print_seed_rows(args.table_from)
+        return
     if args.subsets < 2 or args.subset_size < 2:
         raise UsageError("--subsets and --subset-size must be at least 2")
     Path(args.work_dir).mkdir(parents=True, exist_ok=True)

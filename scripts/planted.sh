@@ -15,7 +15,7 @@ CALIBRATE=${CALIBRATE:-40}  # subsets trained for real to choose the regression'
 L2=0.01           # regression L2 strength without calibration
 # Step 3's solver, chosen with λ on the calibration subsets among SOLVERS; SOLVER alone is used without calibration.
 # Here the paper's regression (newton-cg): SOLVERS="exact-step newton-cg" picks the exact step (per-task ρ 0.87 vs 0.80)
-# but its groups recover the planted ones at ARI 0.67 instead of 1.00 (README, "Measured levers").
+# but its groups recover the planted ones at ARI 0.67 instead of 1.00 (generator seed 1; README, "Measured levers").
 SOLVERS=${SOLVERS:-newton-cg}
 SOLVER=${SOLVER:-newton-cg}
 RUN=all_seed${SEED}
