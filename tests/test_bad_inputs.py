@@ -75,13 +75,18 @@ def checkpoint_random_bytes() -> str:
     return folder
 
 
-def checkpoint_other_width() -> str:
-    folder = copy_to(CKPT, "bad/ckpt_wide")
+def with_config(source: str, target: str, edit) -> str:
+    """A copy of artifact folder ``source`` at ``target`` whose config.json went through ``edit(config)`` (in place)."""
+    folder = copy_to(source, target)
     config_path = Path(folder) / "config.json"
     config = json.loads(config_path.read_text())
-    config["model_options"]["head_width"] *= 2
+    edit(config)
     config_path.write_text(json.dumps(config))
     return folder
+
+
+def checkpoint_other_width() -> str:
+    return with_config(CKPT, "bad/ckpt_wide", lambda config: config["model_options"].update(head_width=8))
 
 
 def gradients_truncated() -> str:
@@ -91,12 +96,8 @@ def gradients_truncated() -> str:
 
 
 def gradients_of_retrained_base() -> str:
-    folder = copy_to(GRADS, "bad/grads_stale")
-    config_path = Path(folder) / "config.json"
-    config = json.loads(config_path.read_text())
-    config["checkpoint_fingerprint"] = "0" * 16  # what a retrained θ* with other weights looks like
-    config_path.write_text(json.dumps(config))
-    return folder
+    # what gradients look like once θ* is retrained to other weights: their recorded fingerprint no longer matches
+    return with_config(GRADS, "bad/grads_stale", lambda config: config.update(checkpoint_fingerprint="0" * 16))
 
 
 def results_copy(path: str, edit) -> str:
