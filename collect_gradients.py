@@ -37,13 +37,15 @@ from gradtag.artifacts import (
     weights_fingerprint,
     write_json,
 )
-from gradtag.checks import NONNEGATIVE_INT, POSITIVE_INT, ArgumentParser
+from gradtag.checks import POSITIVE_INT, ArgumentParser
 from gradtag.cli import add_folder_args, add_run_args, add_strict_arg, parse_tasks, resolve_device
 from gradtag.flops import count_flops, format_flops
 from gradtag.gradients import collect_projected_gradients, flat_params, num_trainable_params
 from gradtag.health import base_verdict
 from gradtag.projection import KINDS, Projector
 from gradtag.training import load_checkpoint
+from steps.launch import add_launcher_args, launch
+from steps.partition import add_shard_args, check_shard, shard_indices
 
 GRADIENT_SPLITS = ("train", "val", "test")
 KINDS_ON_DISK = ("gradients", "outputs", "labels", "nodes")
@@ -63,8 +65,6 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="splits to collect: train for the regressions; val (and test) for linearized scoring",
     )
     parser.add_argument("--tasks", default="all", help="'all' or task indices such as '0 3 5' (a part of the work)")
-    parser.add_argument("--num-shards", type=POSITIVE_INT, default=1, help="split the tasks into this many shards (job array)")
-    parser.add_argument("--shard-id", type=NONNEGATIVE_INT, default=0, help="which shard this job computes: 0 .. num-shards-1")
     parser.add_argument("--batch-size", type=POSITIVE_INT, default=256, help="nodes per vectorised gradient call (memory knob)")
     parser.add_argument(
         "--task-chunk", type=POSITIVE_INT, default=10, help="tasks computed together before their files are written"
@@ -74,12 +74,20 @@ def get_args_parser() -> argparse.ArgumentParser:
     add_strict_arg(parser)
     add_run_args(parser)
     add_folder_args(parser, "gradients")
+    add_shard_args(parser, "tasks (all shards write into one folder)")
+    add_launcher_args(parser)
     return parser
 
 
 def validate(args) -> None:
-    if not 0 <= args.shard_id < args.num_shards:
-        raise UsageError(f"--shard-id {args.shard_id} must lie in 0..{args.num_shards - 1} (--num-shards {args.num_shards})")
+    check_shard(args.num_shards, args.shard_id)
+
+
+def output_folder(args, dataset_name: str) -> Path:
+    """``--out``, else ``<gradients-dir>/<dataset>/<run>_d<dim>``."""
+    if args.out:
+        return Path(args.out)
+    return gradients_dir(args.gradients_dir, dataset_name, Path(args.checkpoint).name, args.project_dim)
 
 
 def task_done(folder: Path, task: int, splits) -> bool:
@@ -87,12 +95,15 @@ def task_done(folder: Path, task: int, splits) -> bool:
     return all(npy_complete(gradient_file(folder, task, split, kind)) for split in splits for kind in KINDS_ON_DISK)
 
 
-def remove_step_files(folder: Path) -> None:
+def remove_step_files(folder: Path, tasks: list[int] | None = None, cost_path: Path | None = None) -> None:
     """``--overwrite``: delete the files this step writes in ``folder`` — its config, projection, per-task arrays and
-    cost records — and nothing else (a user's own files and folders there stay)."""
+    cost records — and nothing else (a user's own files and folders there stay). A shard (``tasks`` and its
+    ``cost_path`` given) deletes only its own tasks' arrays and its cost record, never another shard's files."""
     if not folder.is_dir():
         return
     patterns = ("config.json", "projection.json", "task_*_*_*.npy", "cost_shard*of*.json", ".*.tmp")
+    if tasks is not None:
+        patterns = (*(f"task_{task}_*_*.npy" for task in tasks), cost_path.name)
     for pattern in patterns:
         for path in folder.glob(pattern):
             if path.is_file() and not path.is_symlink():
@@ -101,9 +112,16 @@ def remove_step_files(folder: Path) -> None:
 
 def main(args: argparse.Namespace) -> None:
     validate(args)
-    device = resolve_device(args.device)
     checkpoint = Path(args.checkpoint)
     checkpoint_config = read_config(checkpoint, "checkpoint")
+    if args.launcher != "none":  # every shard into one folder; an --overwrite empties it once, here, not per shard
+        folder = output_folder(args, checkpoint_config["dataset"])
+        if args.overwrite:
+            remove_step_files(folder)
+        launch("collect_gradients", argparse.Namespace(**{**vars(args), "overwrite": False}))
+        print(f"collected {args.num_shards} shards of projected gradients with --launcher {args.launcher} into {folder}")
+        return
+    device = resolve_device(args.device)
     dataset = load_dataset(
         checkpoint_config["dataset"],
         args.data_dir or checkpoint_config["args"].get("data_dir"),
@@ -114,8 +132,9 @@ def main(args: argparse.Namespace) -> None:
     if verdict:
         print(verdict, file=sys.stderr)
     projector = Projector(num_trainable_params(model), args.project_dim, args.seed, kind=args.projection)
-    shard_tasks = [task for task in parse_tasks(args.tasks, dataset.num_tasks) if task % args.num_shards == args.shard_id]
-    folder = Path(args.out) if args.out else gradients_dir(args.gradients_dir, dataset.name, checkpoint.name, args.project_dim)
+    all_tasks = parse_tasks(args.tasks, dataset.num_tasks)
+    shard_tasks = [all_tasks[index] for index in shard_indices(len(all_tasks), args.num_shards, args.shard_id)]
+    folder = output_folder(args, dataset.name)
     if folder.exists() and not folder.is_dir():
         raise UsageError(f"--out {folder} is a file, not a folder; choose another --out")
     identity = {
@@ -131,8 +150,9 @@ def main(args: argparse.Namespace) -> None:
         "splits": list(args.splits),
     }
     config_path = folder / "config.json"
+    cost_path = folder / f"cost_shard{args.shard_id}of{args.num_shards}.json"
     if args.overwrite:
-        remove_step_files(folder)
+        remove_step_files(folder, *((shard_tasks, cost_path) if args.num_shards > 1 else ()))
     if config_path.is_file():
         check_compatible(read_json(config_path), folder, **identity)
     else:
@@ -141,7 +161,6 @@ def main(args: argparse.Namespace) -> None:
         write_json(config_path, {**identity, "base_norm": base_norm, "versions": package_versions(), "args": vars(args)})
 
     tasks = shard_tasks
-    cost_path = folder / f"cost_shard{args.shard_id}of{args.num_shards}.json"
     with exclusive_lock(cost_path, f"shard {args.shard_id} of {args.num_shards} of {folder}"):
         todo = [task for task in tasks if not task_done(folder, task, args.splits)]
         seconds, total_flops = collect_tasks(args, dataset, model, projector, folder, tasks, set(todo), device, cost_path)

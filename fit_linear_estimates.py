@@ -54,6 +54,9 @@ from gradtag.projection import Projector
 from gradtag.regression import SOLVERS, fit_subsets, linearized_logits, mean_bce, prepare_tasks
 from gradtag.scores import SCORES, is_pairwise, save_affinity, score_records
 from gradtag.training import binary_f1, class_weights, evaluate, load_checkpoint
+from steps.launch import add_launcher_args, launch
+from steps.merge import merge_shards
+from steps.partition import add_shard_args, shard_indices, shard_suffix
 
 EVAL_MODES = ("linearized", "reconstructed", "second-order")
 STEP3_SOLVERS = (*SOLVERS, "exact-step")
@@ -117,6 +120,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     add_strict_arg(parser)
     add_run_args(parser)
     add_folder_args(parser, "results")
+    add_shard_args(parser, "subsets (whole --batch-size batches)")
+    add_launcher_args(parser)
     return parser
 
 
@@ -233,9 +238,11 @@ def network_scores(config: dict, subsets, weights: np.ndarray, mode: str, device
     return scores
 
 
-def estimate_distances(config: dict, weights: np.ndarray, chunk: int = 64) -> np.ndarray:
+def estimate_distances(config: dict, weights: np.ndarray, chunk: int) -> np.ndarray:
     """(m,) relative moves ‖P ŵ_S‖ / ‖θ*‖ of the estimates Ŵ_S = θ* + P ŵ_S (Eq. 5), from (m, d) weights; NaN when the
-    gradient folder predates its ``base_norm`` record. Comparable with a truth's ``distance`` column."""
+    gradient folder predates its ``base_norm`` record. Comparable with a truth's ``distance`` column. Expanded
+    ``chunk`` subsets at a time: step 3's batch size, so that a shard (whole batches) expands the same blocks as an
+    unsharded run and writes the same bytes."""
     base_norm = config.get("base_norm")
     if not base_norm:
         return np.full(len(weights), np.nan)
@@ -281,9 +288,10 @@ def calibrate_l2(args, folders: list[Path], configs: list[dict], num_tasks: int,
     return solver, l2, record
 
 
-def averaged_rows(per_base: list[dict], subsets, distances=None) -> list[dict]:
+def averaged_rows(per_base: list[dict], subsets, distances=None, ids=None) -> list[dict]:
     """Result rows (``RESULT_COLUMNS``), one per (subset, task): each score averaged over the bases' score dicts
-    ``{(subset index, task): {column: value}}``; ``distance`` from ``distances`` (m,) when given, else NaN."""
+    ``{(subset index, task): {column: value}}``; ``distance`` from ``distances`` (m,) when given, else NaN; the rows'
+    ``subset_id`` is ``ids[index]`` (a shard's global ids) when given, else the index."""
     rows = []
     for index, subset in enumerate(subsets):
         for task in subset:
@@ -291,7 +299,7 @@ def averaged_rows(per_base: list[dict], subsets, distances=None) -> list[dict]:
             distance = float(distances[index]) if distances is not None else float("nan")
             rows.append(
                 {
-                    "subset_id": index,
+                    "subset_id": index if ids is None else ids[index],
                     "subset": subset_key(subset),
                     "task": task,
                     "seed": -1,
@@ -353,7 +361,7 @@ def base_estimator(args, folder: Path, config: dict, num_tasks: int, needed: lis
             scores = linearized_scores(data, subsets, weights)
         else:
             scores = network_scores(config, subsets, weights, args.eval, device, args.data_dir, not args.no_progress)
-        return scores, lambda: estimate_distances(config, weights), int((~fit.converged).sum())
+        return scores, lambda: estimate_distances(config, weights, args.batch_size), int((~fit.converged).sum())
 
     return estimate_regression
 
@@ -374,6 +382,11 @@ def main(args: argparse.Namespace) -> None:
         raise UsageError("--solver exact-step scores --eval linearized only and needs --l2 (and --l2-grid values) > 0")
     if args.calibrate_solvers and not args.calibrate_with:
         raise UsageError("--calibrate-solvers chooses among solvers on trained subsets: pass --calibrate-with too")
+    if args.launcher != "none":
+        launch("fit_linear_estimates", args)
+        path, count = merge_shards(Path(args.results_dir) / f"{args.name or Path(args.subsets_file).stem}_estimate.csv")
+        print(f"estimated {count} shards with --launcher {args.launcher}; merged them into {path} and its affinity matrix")
+        return
     device = resolve_device(args.device)
     folders = [Path(folder) for folder in args.gradients]
     configs = check_folders(folders)
@@ -382,7 +395,10 @@ def main(args: argparse.Namespace) -> None:
         if verdict:
             print(verdict, file=sys.stderr)
     num_tasks = len(configs[0]["task_names"])
-    subsets = read_subsets(args.subsets_file, num_tasks)
+    all_subsets = read_subsets(args.subsets_file, num_tasks)
+    # a shard owns whole regression batches, so each subset is fitted in the same batch as in an unsharded run
+    owned = shard_indices(len(all_subsets), args.num_shards, args.shard_id, block=args.batch_size)
+    subsets = [all_subsets[index] for index in owned]
     needed = sorted({task for subset in subsets for task in subset})
     calibration = None
     if args.calibrate_with:
@@ -412,17 +428,18 @@ def main(args: argparse.Namespace) -> None:
     # untimed diagnostic: how far each estimate moves θ*, averaged over the bases
     distances = np.mean([distance_fn() for distance_fn in distance_fns], axis=0)
 
-    rows = averaged_rows(per_base, subsets, distances)
+    rows = averaged_rows(per_base, subsets, distances, ids=owned)
     dataset = configs[0]["dataset"]
     name = args.name or Path(args.subsets_file).stem
     results_dir = Path(args.results_dir)
-    csv_path = results_dir / f"{name}_estimate.csv"
+    csv_path = results_dir / f"{name}_estimate{shard_suffix(args.num_shards, args.shard_id)}.csv"
     meta = {
         "dataset": dataset,
         "dataset_fingerprint": configs[0]["dataset_fingerprint"],
         "task_names": configs[0]["task_names"],
         "subsets_file": str(args.subsets_file),
-        "subsets": [list(subset) for subset in subsets],
+        "subsets": [list(subset) for subset in all_subsets],
+        **({"shard": {"num_shards": args.num_shards, "shard_id": args.shard_id}} if args.num_shards > 1 else {}),
         "gradients": [str(folder) for folder in folders],
         "bases": [
             {"checkpoint": config["checkpoint"], "checkpoint_fingerprint": config["checkpoint_fingerprint"]} for config in configs
@@ -439,6 +456,12 @@ def main(args: argparse.Namespace) -> None:
     }
     write_results(csv_path, rows)
     write_json(csv_path.with_suffix(".json"), meta)
+    if args.num_shards > 1:
+        print(
+            f"estimated shard {args.shard_id} of {args.num_shards}: {len(subsets)} of {len(all_subsets)} subsets x "
+            f"{len(folders)} base model(s) in {seconds:.2f}s; wrote {csv_path} (merge the shards with merge_results.py)"
+        )
+        return
     matrix = save_affinity(
         results_dir / f"{name}_estimate", score_records(rows, args.score), num_tasks, is_pairwise(subsets), meta
     )

@@ -53,6 +53,9 @@ from gradtag.gradients import flat_params, relative_distance
 from gradtag.health import assess_base, format_health, task_gradient_norms
 from gradtag.training import TrainConfig, evaluate, load_checkpoint, save_checkpoint, train_model
 from models import build_model
+from steps.launch import add_launcher_args, launch
+from steps.merge import merge_shards
+from steps.partition import add_shard_args, check_shard, shard_indices, shard_suffix
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -93,10 +96,15 @@ def get_args_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="replace an existing checkpoint folder of the same run; with --subsets-file, start the results CSV afresh",
     )
+    add_shard_args(parser, "M seeds (step 1) or the subsets of --subsets-file")
+    add_launcher_args(parser)
     return parser
 
 
 def validate(args: argparse.Namespace) -> None:
+    check_shard(args.num_shards, args.shard_id)
+    if args.baselines and args.num_shards > 1:
+        raise UsageError("--baselines trains three runs at once; shard the groups run alone (drop --baselines)")
     if args.init_from and not args.subsets_file:
         raise UsageError("--init-from only applies with --subsets-file (fine-tuning θ* on each subset)")
     if args.init_from and len(args.init_from) > 1 and args.truth_seeds > 1:
@@ -123,7 +131,7 @@ def train_meta_initializations(args, dataset, device, options: dict) -> None:
     """Train ``--runs`` models on ``--tasks`` and save each as a checkpoint folder."""
     tasks = parse_tasks(args.tasks, dataset.num_tasks)
     tag = "all" if len(tasks) == dataset.num_tasks else "tasks" + "-".join(map(str, tasks))
-    seeds = range(args.seed, args.seed + args.runs)
+    seeds = [args.seed + index for index in shard_indices(args.runs, args.num_shards, args.shard_id)]
     for seed in seeds:  # refuse before training anything
         folder = checkpoint_dir(args.saved_dir, dataset.name, run_name(tag, seed))
         if (folder / "model.pt").exists() and not args.overwrite:
@@ -242,6 +250,7 @@ def train_subset_models(args, dataset, device, options: dict, subsets, csv_path:
         "mode": mode,
         "init": init_identity,
         "seed": args.seed,
+        **({"shard": {"num_shards": args.num_shards, "shard_id": args.shard_id}} if args.num_shards > 1 else {}),
     }
     with exclusive_lock(csv_path, str(csv_path)):  # two runs on one CSV would train every subset twice
         sidecar = csv_path.with_suffix(".json")
@@ -252,8 +261,8 @@ def train_subset_models(args, dataset, device, options: dict, subsets, csv_path:
                 previous,
                 sidecar,
                 **{
-                    key: identity[key]
-                    for key in ("dataset", "dataset_fingerprint", "model_options", "training", "subsets", "mode", "init")
+                    key: identity.get(key)
+                    for key in ("dataset", "dataset_fingerprint", "model_options", "training", "subsets", "mode", "init", "shard")
                 },
             )
             rows, previous_seconds, previous_flops = (
@@ -262,7 +271,8 @@ def train_subset_models(args, dataset, device, options: dict, subsets, csv_path:
                 previous.get("flops", 0),
             )
         done = {(row["subset_id"], row["seed"]) for row in rows}
-        jobs = [(index, seed) for index in range(len(subsets)) for seed, _ in starts]
+        owned = shard_indices(len(subsets), args.num_shards, args.shard_id)  # global subset ids, whichever shard trains them
+        jobs = [(index, seed) for index in owned for seed, _ in starts]
         todo = [job for job in jobs if job not in done]
         start = time.perf_counter()
 
@@ -339,10 +349,9 @@ def train_subsets(args, dataset, device, options: dict) -> None:
     subsets = read_subsets(subsets_path, dataset.num_tasks)
     init = fine_tuning_start(args, dataset, device, options)
     options = init[2]
-    mode = "finetune" if args.init_from else "scratch"
-    name = args.results_name or f"{subsets_path.stem}_{mode}"
+    name = results_name(args)
     results_dir = Path(args.results_dir)
-    runs = {"grouped": (subsets, str(subsets_path), results_dir / f"{name}.csv")}
+    runs = {"grouped": (subsets, str(subsets_path), results_dir / f"{name}{shard_suffix(args.num_shards, args.shard_id)}.csv")}
     if args.baselines:
         runs["STL"] = ([(task,) for task in range(dataset.num_tasks)], "single-task", results_dir / f"{name}_stl.csv")
         runs["MTL"] = ([tuple(range(dataset.num_tasks))], "all tasks", results_dir / f"{name}_mtl.csv")
@@ -360,6 +369,11 @@ def train_subsets(args, dataset, device, options: dict) -> None:
         )
 
 
+def results_name(args) -> str:
+    """The truth CSV's name in ``--results-dir`` (no suffix): ``--results-name``, else ``<subsets stem>_<mode>``."""
+    return args.results_name or f"{Path(args.subsets_file).stem}_{'finetune' if args.init_from else 'scratch'}"
+
+
 def partition_f1(rows: list[dict], subsets, num_tasks: int) -> float | None:
     """Average test macro-F1 over all tasks when the subsets partition the tasks (a groups file), else None."""
     if sorted(task for subset in subsets for task in subset) != list(range(num_tasks)):
@@ -372,6 +386,12 @@ def partition_f1(rows: list[dict], subsets, num_tasks: int) -> float | None:
 
 def main(args: argparse.Namespace) -> None:
     validate(args)
+    if args.launcher != "none":
+        launch("train_multitask", args)
+        if args.subsets_file:
+            path, count = merge_shards(Path(args.results_dir) / f"{results_name(args)}.csv")
+            print(f"trained {count} shards with --launcher {args.launcher}; merged them into {path}")
+        return
     device = resolve_device(args.device)
     dataset = load_dataset(args.dataset, args.data_dir, **dataset_options(args))
     options = model_options(args, dataset.recommended)

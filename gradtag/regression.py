@@ -386,7 +386,12 @@ def linearized_logits(G_val, offsets_val, w) -> torch.Tensor:
     G = _as_float64(G_val)
     offsets = _as_float64(offsets_val, G.device)
     w = _as_float64(w, G.device)
-    return offsets + G @ w if w.ndim == 1 else offsets[None, :] + w @ G.T
+    if w.ndim == 1:
+        return offsets + G @ w
+    # one product per subset: a subset's logits then do not depend on which other subsets share the call (a matrix
+    # product's rounding does), so a sharded step 3 writes the same bytes as an unsharded one
+    products = [G @ row for row in w]
+    return offsets[None, :] + (torch.stack(products) if products else G.new_zeros((0, G.shape[0])))
 
 
 def mean_bce(logits, labels) -> torch.Tensor:
