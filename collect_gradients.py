@@ -32,6 +32,7 @@ from gradtag.artifacts import (
     package_versions,
     read_config,
     read_json,
+    relative_path,
     run_main,
     save_npy,
     weights_fingerprint,
@@ -142,7 +143,6 @@ def main(args: argparse.Namespace) -> None:
         "dataset_fingerprint": dataset.fingerprint,
         "dataset_options": checkpoint_config["dataset_options"],
         "task_names": dataset.task_names,
-        "checkpoint": str(checkpoint),
         "checkpoint_fingerprint": weights_fingerprint(checkpoint / "model.pt"),
         "checkpoint_seed": checkpoint_config["seed"],
         "training": checkpoint_config["training"],
@@ -158,7 +158,8 @@ def main(args: argparse.Namespace) -> None:
     else:
         write_json(folder / "projection.json", projector.spec())
         base_norm = float(flat_params(model).norm())  # ‖θ*‖: step 3 reports its estimates' move ‖P ŵ‖ relative to it
-        write_json(config_path, {**identity, "base_norm": base_norm, "versions": package_versions(), "args": vars(args)})
+        where = {"checkpoint": str(checkpoint), "checkpoint_relative": relative_path(checkpoint, folder)}
+        write_json(config_path, {**identity, **where, "base_norm": base_norm, "versions": package_versions(), "args": vars(args)})
 
     tasks = shard_tasks
     with exclusive_lock(cost_path, f"shard {args.shard_id} of {args.num_shards} of {folder}"):

@@ -32,6 +32,7 @@ from gradtag.artifacts import (
     check_compatible,
     gradient_file,
     load_npy,
+    locate_input,
     package_versions,
     read_config,
     read_json,
@@ -144,6 +145,7 @@ def check_folders(folders: list[Path]) -> list[dict]:
     folders whose θ* has been retrained since (its model.pt now holds other weights than the gradients were taken at)."""
     configs = [read_config(folder, "gradients") for folder in folders]
     for folder, config in zip(folders, configs, strict=True):
+        config["checkpoint"] = str(locate_input(folder, config, "checkpoint"))  # found from the gradients folder
         weights = Path(config["checkpoint"]) / "model.pt"
         if weights.is_file() and weights_fingerprint(weights) != config["checkpoint_fingerprint"]:
             raise UsageError(

@@ -8,6 +8,7 @@ own default (``DATASETS[name]["defaults"]``), so each dataset documents its sett
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,9 @@ from data.snap import SNAP_URL, load_snap
 from gradtag.artifacts import UsageError, atomic_path, fingerprint, read_subsets, write_json, write_subsets
 from gradtag.checks import NONNEGATIVE_INT, OPEN_FRACTION, POSITIVE, POSITIVE_INT, PROBABILITY
 
+# Node features are cached here (a hash of the graph and the feature options names each file); the environment
+# variable GRADTAG_CACHE_DIR moves it, e.g. to a node-local disk on a cluster.
+CACHE_ENV = "GRADTAG_CACHE_DIR"
 DEFAULT_CACHE_DIR = Path("datasets") / "cache"
 _SNAP_DEFAULTS = dict(num_tasks=100, train_frac=0.1, val_frac=0.2, embedding_dim=64, noise_dims=0, num_hops=3)
 
@@ -186,14 +190,16 @@ def cached_features(cache_dir: Path, edges: np.ndarray, num_nodes: int, options:
 
 
 def load_dataset(
-    name: str, data_dir: str | Path | None = None, cache_dir: str | Path = DEFAULT_CACHE_DIR, **options
+    name: str, data_dir: str | Path | None = None, cache_dir: str | Path | None = None, **options
 ) -> GraphDataset:
     """Load dataset ``name`` with its options (unknown keys are an error; ``None`` means the dataset's default).
 
     For ``planted`` the generated graph, its communities and the planted grouping are written to ``data_dir``
     (``planted_groups.txt``), so later steps and people can score against the known answer. Node features are
-    cached under ``cache_dir`` (never inside ``data_dir``, which may be read-only).
+    cached under ``cache_dir`` (default: ``$GRADTAG_CACHE_DIR``, else ``datasets/cache``; never inside ``data_dir``,
+    which may be read-only).
     """
+    cache_dir = cache_dir if cache_dir is not None else os.environ.get(CACHE_ENV, DEFAULT_CACHE_DIR)
     unknown = set(options) - set(OPTION_NAMES)
     if unknown:
         raise TypeError(f"unknown dataset options {sorted(unknown)}")

@@ -188,6 +188,21 @@ def weights_fingerprint(path: str | Path) -> str:
     return fingerprint(*(part for name in sorted(state) for part in (name, state[name].numpy())))
 
 
+def relative_path(target: str | Path, folder: str | Path) -> str:
+    """``target`` as a path relative to ``folder`` (an artifact records its inputs so, beside the path as given)."""
+    return os.path.relpath(Path(target).resolve(), Path(folder).resolve())
+
+
+def locate_input(folder: str | Path, config: dict, key: str) -> Path:
+    """The input folder an artifact in ``folder`` recorded under ``config[key]``: first through ``<key>_relative`` (the
+    path relative to the artifact, so artifacts moved together, or read from another working directory or node, still
+    find each other), then as recorded."""
+    relative = config.get(f"{key}_relative")
+    if relative is not None and (Path(folder) / relative).exists():
+        return Path(os.path.normpath(Path(folder) / relative))
+    return Path(config[key])
+
+
 # Keys a step's folder config.json must hold, per kind of folder, and the script that writes it.
 _CONFIG_KINDS = {
     "checkpoint": (("dataset", "dataset_fingerprint", "model", "model_options", "training", "seed"), "train_multitask.py"),

@@ -158,3 +158,17 @@ def test_merge_refuses_missing_and_foreign_shards(root, monkeypatch, tmp_path):
     (tmp_path / "single.shard2of3.json").write_text(json.dumps(sidecar))
     with pytest.raises(UsageError, match=r"another run .*\['training'\]"):
         merge_shards(tmp_path / "single.csv")
+
+
+def test_step_3_from_another_folder_finds_its_base_and_the_cache_moves_with_an_env_variable(root, monkeypatch, tmp_path):
+    """Gradients record their checkpoint relative to themselves: step 3 run elsewhere still finds θ*'s weights and cost;
+    GRADTAG_CACHE_DIR puts the feature cache where it says, not under the working folder."""
+    monkeypatch.chdir(tmp_path)  # the recorded "saved/planted/all_seed0" does not exist from here
+    monkeypatch.setenv("GRADTAG_CACHE_DIR", str(tmp_path / "node_cache"))
+    gradients = root / "gradients" / "planted" / "all_seed0_d8"
+    argv = ["--gradients", gradients, "--subsets-file", root / SUBSETS, "--eval", "reconstructed", "--no-progress"]
+    call(fit_linear_estimates, [*argv, "--data-dir", tmp_path / "planted", "--no-count-flops"])
+    sidecar = json.loads((tmp_path / "results" / "tiny_estimate.json").read_text())
+    assert sidecar["one_off"]["seconds"] is not None  # θ*'s metrics.json was found
+    assert Path(sidecar["bases"][0]["checkpoint"]).resolve() == (root / CKPT).resolve()
+    assert list((tmp_path / "node_cache").rglob("features_*.pt")) and not (tmp_path / "datasets" / "cache").exists()
