@@ -52,9 +52,10 @@ from gradtag.flops import count_flops, format_flops
 from gradtag.gradients import flat_params, set_flat_params, taylor_logits
 from gradtag.health import base_verdict
 from gradtag.projection import Projector
-from gradtag.regression import SOLVERS, fit_subsets, linearized_logits, mean_bce, prepare_tasks
+from gradtag.regression import SOLVERS, fit_subsets, prepare_tasks
+from gradtag.regression import linearized_scores as regression_scores
 from gradtag.scores import SCORES, is_pairwise, save_affinity, score_records
-from gradtag.training import binary_f1, class_weights, evaluate, load_checkpoint
+from gradtag.training import class_weights, evaluate, load_checkpoint
 from steps.launch import add_launcher_args, launch
 from steps.merge import merge_shards
 from steps.partition import add_shard_args, shard_indices, shard_suffix
@@ -194,21 +195,12 @@ def linearized_scores(data: dict, subsets, weights: np.ndarray) -> dict:
     scores = {}
     for split in ("val", "test"):
         arrays = data.get(split)
-        holders = {}
-        for index, subset in enumerate(subsets):
-            for task in subset:
-                holders.setdefault(task, []).append(index)
-        for task, indices in holders.items():
-            if arrays is None or arrays["gradients"][task] is None:
-                for index in indices:
-                    scores.setdefault((index, task), {}).update({f"{split}_loss": np.nan, f"{split}_f1": np.nan})
-                continue
-            logits = linearized_logits(arrays["gradients"][task], arrays["outputs"][task], weights[indices])
-            losses = mean_bce(logits, arrays["labels"][task]).cpu().numpy()
-            labels = arrays["labels"][task] > 0.5
-            for row, index in enumerate(indices):
-                f1 = binary_f1(logits[row].cpu().numpy() > 0, labels)
-                scores.setdefault((index, task), {}).update({f"{split}_loss": float(losses[row]), f"{split}_f1": f1})
+        if arrays is None:  # a split step 2 did not collect: NaN scores
+            split_scores = {(index, task): (np.nan, np.nan) for index, subset in enumerate(subsets) for task in subset}
+        else:
+            split_scores = regression_scores(arrays["gradients"], arrays["outputs"], arrays["labels"], subsets, weights)
+        for key, (loss, f1) in split_scores.items():
+            scores.setdefault(key, {}).update({f"{split}_loss": loss, f"{split}_f1": f1})
     return scores
 
 

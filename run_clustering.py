@@ -16,18 +16,19 @@ from pathlib import Path
 
 import numpy as np
 
+from data import read_planted_groups
 from gradtag.affinity import fill_uncovered
-from gradtag.artifacts import UsageError, fingerprint, read_subsets, run_main, write_json, write_subsets
+from gradtag.artifacts import UsageError, fingerprint, run_main, write_json, write_subsets
 from gradtag.checks import POSITIVE, POSITIVE_INT, ArgumentParser
 from gradtag.clustering import (
     METHODS,
     average_density,
     cluster,
-    groups_to_labels,
     plot_affinity_heatmap,
     prepare_affinity,
     symmetrize,
 )
+from gradtag.evaluation import adjusted_rand
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -123,14 +124,6 @@ def output_paths(args) -> tuple[Path, Path, Path]:
     return out, summary, heatmap
 
 
-def load_planted(path: str | Path, n: int) -> np.ndarray:
-    """Planted groups file -> labels ``(n,)``; every task must be in exactly one group."""
-    try:
-        return groups_to_labels(read_subsets(path, n), n)
-    except ValueError as err:
-        raise UsageError(f"{path}: {err}; planted groups must be a partition of all {n} tasks") from None
-
-
 def format_groups(groups) -> str:
     return "\n".join(f"  group {index}: {' '.join(map(str, group))}" for index, group in enumerate(groups))
 
@@ -141,7 +134,7 @@ def main(args) -> dict:
     if not 1 <= args.k <= n:
         raise UsageError(f"--k {args.k} is out of range; it must be between 1 and the number of tasks n={n}")
     out, summary_path, heatmap_path = output_paths(args)
-    planted = load_planted(args.planted, n) if args.planted else None
+    planted = read_planted_groups(args.planted, n) if args.planted else None
 
     S = prepare_affinity(T, center=args.center, temperature=args.temperature)
     methods = [args.method] + ([m for m in sorted(METHODS) if m != args.method] if args.compare_methods else [])
@@ -158,9 +151,7 @@ def main(args) -> dict:
             "groups": result.groups,
         }
         if planted is not None:
-            from sklearn.metrics import adjusted_rand_score
-
-            comparison[method]["ari"] = float(adjusted_rand_score(planted, groups_to_labels(result.groups, n)))
+            comparison[method]["ari"] = adjusted_rand(result.groups, planted, n)
 
     lam_text = f"{main_result.lam:.6g}" if main_result.lam is not None else "none"
     transform = f"center={args.center} temperature={args.temperature if args.temperature is not None else 'off'}"

@@ -37,6 +37,7 @@ from gradtag.artifacts import UsageError, package_versions, read_config, run_mai
 from gradtag.checks import POSITIVE, POSITIVE_INT, ArgumentParser
 from gradtag.cli import add_folder_args, add_run_args, resolve_device, seed_everything
 from gradtag.gradients import batched_logits, flat_params, taylor_logits
+from gradtag.subsets import sample_subsets
 from gradtag.training import TrainConfig, load_checkpoint, train_model
 
 METRICS = ("relative_distance", "residual_vs_change", "residual_second_order_vs_change", "residual_vs_output")
@@ -113,12 +114,6 @@ def taylor_residuals(
         "change_vs_output": ratio(sums["change"], sums["output"]),
         "num_samples": len(x),
     }
-
-
-def sample_subsets(num_tasks: int, subset_size: int, num_subsets: int, seed: int) -> list[list[int]]:
-    """``num_subsets`` sorted task subsets of ``subset_size`` distinct tasks each, drawn uniformly with ``seed``."""
-    rng = np.random.default_rng(seed)
-    return [sorted(int(task) for task in rng.choice(num_tasks, subset_size, replace=False)) for _ in range(num_subsets)]
 
 
 def validation_pairs(dataset, subset: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -215,7 +210,7 @@ def main(args: argparse.Namespace) -> None:
     steps = sorted(set(args.steps))
 
     # seeding: one --seed draws the subsets and seeds every fine-tuning run (data order and initial state)
-    subsets = sample_subsets(dataset.num_tasks, args.subset_size, args.num_subsets, args.seed)
+    subsets = [list(subset) for subset in sample_subsets(dataset.num_tasks, args.num_subsets, args.subset_size, args.seed)]
 
     rows = []
     start = time.perf_counter()

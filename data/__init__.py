@@ -189,9 +189,7 @@ def cached_features(cache_dir: Path, edges: np.ndarray, num_nodes: int, options:
     return features
 
 
-def load_dataset(
-    name: str, data_dir: str | Path | None = None, cache_dir: str | Path | None = None, **options
-) -> GraphDataset:
+def load_dataset(name: str, data_dir: str | Path | None = None, cache_dir: str | Path | None = None, **options) -> GraphDataset:
     """Load dataset ``name`` with its options (unknown keys are an error; ``None`` means the dataset's default).
 
     For ``planted`` the generated graph, its communities and the planted grouping are written to ``data_dir``

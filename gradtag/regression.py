@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from gradtag.artifacts import UsageError
+from gradtag.training import binary_f1
 
 SOLVERS = ("newton", "newton-cg", "onestep")
 _ARMIJO = 1e-4  # sufficient-decrease constant of the Newton line search
@@ -401,24 +402,33 @@ def mean_bce(logits, labels) -> torch.Tensor:
     return (torch.logaddexp(z, torch.zeros_like(z)) - y * z).mean(-1)
 
 
-def linearized_losses(G_val_list, offsets_val_list, labels_val_list, subsets: Sequence[Sequence[int]], weights):
-    """Validation BCE of every task of every subset under its linearised model (Eq. 4), as score records.
+def linearized_scores(G_list, offsets_list, labels_list, subsets: Sequence[Sequence[int]], weights) -> dict:
+    """Loss and F1 of every task of every subset under its linearised model (Eq. 4), on one split.
 
-    G_val_list[j]: (N_j, d), offsets_val_list[j], labels_val_list[j]: (N_j,) — task j's validation rows; subsets: m
-    subsets; weights: (m, d) ŵ_S in the same order. For each task, the logits of all subsets holding it come from one
-    product. Returns ``[(subset, task, loss)]`` with ``loss`` the mean BCE (a float; lower is better — pass
-    ``-loss`` as the affinity score).
+    G_list[j]: (N_j, d), offsets_list[j], labels_list[j]: (N_j,) — task j's rows on the split, or None where task j
+    has none (its scores are NaN); subsets: m subsets; weights: (m, d) ŵ_S in the same order. Returns
+    ``{(subset index, task): (mean BCE, F1 of logits > 0)}``. Each subset's logits come from its own product
+    (:func:`linearized_logits`), so a subset's scores do not depend on which others are scored with it.
     """
-    subsets = check_subsets(subsets, len(G_val_list))
     W = _as_float64(weights)
-    if W.shape != (len(subsets), W.shape[-1]) or W.ndim != 2:
+    if W.ndim != 2 or W.shape[0] != len(subsets):
         raise UsageError(f"weights must be (m, d) with m = {len(subsets)} subsets; got {tuple(W.shape)}")
-    losses = {}
-    for task, (rows, _) in _holders(subsets, W.device).items():
-        logits = linearized_logits(G_val_list[task], offsets_val_list[task], W[rows])  # (k_j, N_j)
-        for row, loss in zip(rows.tolist(), mean_bce(logits, labels_val_list[task]).tolist(), strict=True):
-            losses[row, task] = loss
-    return [(subset, task, losses[row, task]) for row, subset in enumerate(subsets) for task in subset]
+    holders: dict[int, list[int]] = {}
+    for row, subset in enumerate(subsets):
+        for task in subset:
+            holders.setdefault(task, []).append(row)
+    scores = {}
+    for task, rows in holders.items():
+        if G_list[task] is None:
+            scores.update({(row, task): (float("nan"), float("nan")) for row in rows})
+            continue
+        logits = linearized_logits(G_list[task], offsets_list[task], W[rows])  # (k_j, N_j)
+        losses = mean_bce(logits, labels_list[task]).cpu().numpy()
+        positives = np.asarray(labels_list[task]) > 0.5
+        predicted = (logits > 0).cpu().numpy()
+        for index, row in enumerate(rows):
+            scores[row, task] = (float(losses[index]), binary_f1(predicted[index], positives))
+    return scores
 
 
 def _subset_rows(data: TaskData, subset: Sequence[int]):

@@ -10,11 +10,12 @@ from gradtag.regression import (
     fit_subsets,
     fit_subsets_sklearn,
     linearized_logits,
-    linearized_losses,
+    linearized_scores,
     mean_bce,
     prepare_tasks,
     task_statistics,
 )
+from gradtag.training import binary_f1
 
 SUBSETS = [(0, 1), (2, 3, 4), (5,), (0, 2, 4, 5), (1, 3, 5, 0, 2)]
 L2 = 0.05
@@ -113,14 +114,17 @@ def test_bad_input_is_a_usage_error():
         prepare_tasks(G, offsets, labels)
 
 
-def test_linearized_losses_per_subset_and_task():
+def test_linearized_scores_per_subset_and_task():
     G, offsets, labels = make_tasks(seed=5)
     W = np.random.default_rng(5).normal(size=(len(SUBSETS), 12))
-    records = linearized_losses(G, offsets, labels, SUBSETS, W)
-    assert [(s, j) for s, j, _ in records] == [(s, j) for s in SUBSETS for j in s]
-    for (_, task, loss), row in zip(records, [r for r, s in enumerate(SUBSETS) for _ in s], strict=True):
+    scores = linearized_scores(G, offsets, labels, SUBSETS, W)
+    assert sorted(scores) == sorted((row, j) for row, s in enumerate(SUBSETS) for j in s)
+    for (row, task), (loss, f1) in scores.items():
         z = offsets[task] + G[task].astype(np.float64) @ W[row]
         assert loss == pytest.approx(np.mean(np.logaddexp(0, z) - labels[task] * z), rel=1e-12)
+        assert f1 == binary_f1(z > 0, labels[task] > 0.5)
+    alone = linearized_scores(G, offsets, labels, SUBSETS[1:2], W[1:2])  # a subset scored alone: the same bits
+    assert all(alone[0, task] == scores[1, task] for task in SUBSETS[1])
 
 
 def test_benchmark_runs_on_tiny_data(capsys):
