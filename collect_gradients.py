@@ -39,12 +39,12 @@ from gradtag.artifacts import (
     write_json,
 )
 from gradtag.checks import POSITIVE_INT, ArgumentParser
-from gradtag.cli import add_folder_args, add_run_args, add_strict_arg, parse_tasks, resolve_device
 from gradtag.flops import count_flops, format_flops
 from gradtag.gradients import collect_projected_gradients, flat_params, num_trainable_params
 from gradtag.health import base_verdict
 from gradtag.projection import KINDS, Projector
 from gradtag.training import load_checkpoint
+from steps.cli import add_folder_args, add_run_args, add_strict_arg, parse_tasks, resolve_device
 from steps.launch import add_launcher_args, launch
 from steps.partition import add_shard_args, check_shard, shard_indices
 

@@ -45,7 +45,6 @@ from gradtag.artifacts import (
     write_results,
 )
 from gradtag.checks import NONNEGATIVE, POSITIVE_INT, ArgumentParser
-from gradtag.cli import add_folder_args, add_run_args, add_strict_arg, resolve_device
 from gradtag.evaluation import calibrate
 from gradtag.exact_step import ExactStep
 from gradtag.flops import count_flops, format_flops
@@ -56,6 +55,7 @@ from gradtag.regression import SOLVERS, fit_subsets, prepare_tasks
 from gradtag.regression import linearized_scores as regression_scores
 from gradtag.scores import SCORES, is_pairwise, save_affinity, score_records
 from gradtag.training import class_weights, evaluate, load_checkpoint
+from steps.cli import add_folder_args, add_run_args, add_strict_arg, resolve_device
 from steps.launch import add_launcher_args, launch
 from steps.merge import merge_shards
 from steps.partition import add_shard_args, shard_indices, shard_suffix

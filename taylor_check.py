@@ -35,10 +35,10 @@ from tqdm.auto import tqdm
 from data import load_dataset
 from gradtag.artifacts import UsageError, package_versions, read_config, run_main, weights_fingerprint, write_json
 from gradtag.checks import POSITIVE, POSITIVE_INT, ArgumentParser
-from gradtag.cli import add_folder_args, add_run_args, resolve_device, seed_everything
 from gradtag.gradients import batched_logits, flat_params, taylor_logits
 from gradtag.subsets import sample_subsets
 from gradtag.training import TrainConfig, load_checkpoint, train_model
+from steps.cli import add_folder_args, add_run_args, resolve_device, seed_everything
 
 METRICS = ("relative_distance", "residual_vs_change", "residual_second_order_vs_change", "residual_vs_output")
 

@@ -1,7 +1,7 @@
 """Numeric flag types that validate at parse time: one rule per kind of number, shared by every script's flags.
 
 ``type=POSITIVE_INT`` (and the others) turns a bad value into argparse's error, which the scripts' parser
-(:class:`gradtag.cli.ArgumentParser`) prints as one line with exit status 2, before any file is touched.
+(:class:`ArgumentParser` below) prints as one line with exit status 2, before any file is touched.
 """
 
 from __future__ import annotations
