@@ -17,6 +17,7 @@ import torch
 
 import fit_linear_estimates
 import sample_subsets
+import steps.estimate as estimate_step
 from gradtag.affinity import higher_order_affinity
 from gradtag.artifacts import RESULT_COLUMNS, read_json, read_results
 from gradtag.exact_step import ExactStep
@@ -191,11 +192,11 @@ def test_second_order_eval_sits_between_linearized_and_the_network(folders, work
 
 def test_exact_step_is_the_strong_penalty_limit_of_the_regression_without_projection(folders, workdir):
     config = read_json(folders.grads[0] / "config.json")
-    dataset, model = fit_linear_estimates.load_base(config, "cpu")
+    dataset, model = estimate_step.load_base(config, "cpu")
     balanced = config["training"]["balanced"]
     exact = ExactStep(model, dataset, [0, 1, 2, 3], balanced, "cpu", splits=("val",))
     # projected, its task gradients are the regression's gradients at w = 0 (whose −1/λ multiple is ŵ_S as λ → ∞)
-    train = fit_linear_estimates.load_gradient_folder(folders.grads[0], ("train",), 4)["train"]
+    train = estimate_step.load_gradient_folder(folders.grads[0], ("train",), 4)["train"]
     labels = train["labels"]
     weights = [class_weights(y[:, None] > 0.5, np.ones((len(y), 1), bool), balanced)[:, 0] for y in labels]
     task_data = prepare_tasks(train["gradients"], train["outputs"], labels, row_weights_list=weights)
