@@ -18,25 +18,13 @@ other; and the wall time of each side. Writes the report as JSON (``--out``) and
 from __future__ import annotations
 
 import argparse
-import itertools
 from pathlib import Path
 
-from data import read_planted_groups
-from gradtag.affinity import fill_uncovered
-from gradtag.artifacts import UsageError, check_compatible, read_json, read_results, run_main, write_json
+from gradtag.artifacts import run_main
 from gradtag.checks import POSITIVE_INT, ArgumentParser
-from gradtag.clustering import cluster, prepare_affinity
-from gradtag.evaluation import (
-    adjusted_rand,
-    comparison_report,
-    distance_summary,
-    group_effect,
-    partner_effects,
-    seed_ceiling,
-    split_half_reliability,
-)
 from gradtag.flops import format_flops
-from gradtag.scores import SCORES, affinity_matrix, is_pairwise, records_by_seed, score_records
+from gradtag.scores import SCORES
+from steps.compare import CompareJob, run
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -57,155 +45,15 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def base_fingerprints(meta: dict) -> list[str] | None:
-    """Fingerprints of the θ*s behind a results file (sorted): an estimate's bases, a fine-tuned truth's starts;
-    None for a truth from scratch or a file written before they were recorded."""
-    if "bases" in meta:
-        return sorted(base["checkpoint_fingerprint"] for base in meta["bases"])
-    init = meta.get("init")
-    if not init:
-        return None
-    return sorted(base["init_fingerprint"] for base in (init if isinstance(init, list) else [init]))
-
-
-def check_same_experiment(estimate: tuple, truth: tuple, path: str, allow_partial: bool) -> str:
-    """Refuse (unless ``allow_partial``) a truth of other subsets or other θ*s than the estimate; returns the line
-    saying how many (subset, task) scores the two share."""
-    (est_rows, est_meta), (rows, meta) = estimate, truth
-    shared = {(row["subset"], row["task"]) for row in est_rows} & {(row["subset"], row["task"]) for row in rows}
-    line = f"estimate vs {path}: {len(shared)} shared (subset, task) scores of {len(est_rows)} estimated"
-    if allow_partial:
-        return line
-    if sorted(map(tuple, est_meta["subsets"])) != sorted(map(tuple, meta["subsets"])):
-        raise UsageError(
-            f"{path} was trained on other subsets than the estimate {est_meta.get('subsets_file')} ({len(shared)} of "
-            f"{len(est_rows)} scores shared); train the truth on the estimate's subsets file or pass --allow-partial"
-        )
-    est_bases, truth_bases = base_fingerprints(est_meta), base_fingerprints(meta)
-    if est_bases is not None and truth_bases is not None and est_bases != truth_bases:
-        raise UsageError(
-            f"{path} was fine-tuned from other θ* weights than the estimate's bases; fine-tune from the estimate's "
-            "checkpoints (--init-from) or pass --allow-partial"
-        )
-    return line
-
-
-def load_side(path: str) -> tuple[list[dict], dict]:
-    """Rows of a results CSV and its identity sidecar (same name, .json)."""
-    rows = read_results(path)
-    meta = read_json(Path(path).with_suffix(".json"))
-    return rows, meta
-
-
-def clustered(records, num_tasks: int, pairwise: bool, k: int, seed: int) -> list[list[int]]:
-    affinity, _ = affinity_matrix(records, num_tasks, pairwise)
-    affinity, filled = fill_uncovered(affinity)
-    if filled:
-        print(f"note: {filled} entries of T have no covering subset; clustering uses their row means")
-    return cluster_matrix(affinity, k, seed)
-
-
-def cluster_matrix(affinity, k: int, seed: int) -> list[list[int]]:
-    """The SDP groups of a filled (n, n) T, rows centred: how every T in the report is clustered."""
-    return cluster(prepare_affinity(affinity), k, "sdp", seed).groups
-
-
-def reliability(rows, records, num_tasks: int, pairwise: bool, k, seed) -> dict:
-    """What a side's T is worth on its own: how far its models moved (``distance``), its split-half agreement (the
-    ceiling at this m; not defined for pairwise files, one subset per entry) and its partner effects."""
-    report = {"distance": distance_summary(rows)}
-    if not pairwise:
-        cluster_fn = (lambda T: cluster_matrix(T, k, seed)) if k is not None else None
-        report["split_half"] = split_half_reliability(records, num_tasks, seed=seed, cluster_fn=cluster_fn)._asdict()
-    effects = partner_effects(records, num_tasks)
-    report["partner_effect_share"], report["partner_effect_tasks_tested"] = effects.share_significant, effects.n_tested
-    return report
-
-
-def truth_agreement(paths: list[str], truths: list, score: str, num_tasks: int) -> list[dict]:
-    """Per-task ρ between every two truths on their shared (subset, task) scores: truths fine-tuned from different θ*
-    seeds, or for different lengths, agree only so far — the ceiling for any single-θ* estimate (FIDELITY §6)."""
-    agreement = []
-    for a, b in itertools.combinations(range(len(truths)), 2):
-        report = comparison_report(score_records(truths[a][0], score), score_records(truths[b][0], score), num_tasks)
-        agreement.append({"a": paths[a], "b": paths[b], **report})
-    return agreement
-
-
-def truth_report(rows, meta, score: str, num_tasks: int, planted, k, seed) -> dict:
-    records = score_records(rows, score)
-    subsets = [tuple(subset) for subset in meta["subsets"]]
-    report = {"seeds": sorted({row["seed"] for row in rows}), "seconds": meta.get("seconds"), "flops": meta.get("flops")}
-    report.update(reliability(rows, records, num_tasks, is_pairwise(subsets), k, seed))
-    per_seed = records_by_seed(rows, score)
-    if len(per_seed) >= 2:
-        report["seed_ceiling_spearman_per_task"] = seed_ceiling(list(per_seed.values())).mean
-    if planted is not None:
-        effect = group_effect(records, planted, num_tasks)
-        report.update(group_effect_slope=effect.slope, group_effect_t=effect.t_stat)
-    if k is not None:
-        report["groups"] = clustered(records, num_tasks, is_pairwise(subsets), k, seed)
-        if planted is not None:
-            report["ari_vs_planted"] = adjusted_rand(report["groups"], planted, num_tasks)
-    return report
-
-
 def main(args: argparse.Namespace) -> None:
-    truths = [load_side(path) for path in args.trained]
-    estimate = load_side(args.estimated) if args.estimated else None
-    first_meta = truths[0][1]
-    num_tasks = len(first_meta["task_names"])
-    for (_, meta), path in zip(truths[1:] + ([estimate] if estimate else []), args.trained[1:] + [args.estimated], strict=False):
-        check_compatible(meta, path, dataset=first_meta["dataset"], dataset_fingerprint=first_meta["dataset_fingerprint"])
-    planted = read_planted_groups(args.planted, num_tasks) if args.planted else None
-    k = args.k or (len(planted) if planted else None)
-    if k is not None and not 1 <= k <= num_tasks:
-        raise UsageError(f"--k {k} must lie in 1..{num_tasks}")
-    overlap = (
-        [
-            check_same_experiment(estimate, truth, path, args.allow_partial)
-            for truth, path in zip(truths, args.trained, strict=True)
-        ]
-        if estimate
-        else []
-    )
-
-    report = {"estimated": args.estimated, "trained": args.trained, "k": k, "by_score": {}}
-    lines = []
-    for score in args.scores:
-        by_truth = {}
-        est_records = score_records(estimate[0], score) if estimate else None
-        est_groups = None
-        if estimate:
-            report.setdefault("estimate_reliability", {})[score] = reliability(
-                estimate[0], est_records, num_tasks, is_pairwise(estimate[1]["subsets"]), k, args.seed
-            )
-        if estimate and k is not None:
-            est_groups = clustered(est_records, num_tasks, is_pairwise(estimate[1]["subsets"]), k, args.seed)
-        for path, (rows, meta) in zip(args.trained, truths, strict=True):
-            entry = truth_report(rows, meta, score, num_tasks, planted, k, args.seed)
-            if estimate:
-                entry.update(comparison_report(est_records, score_records(rows, score), num_tasks))
-                if est_groups is not None:
-                    entry["ari_estimate_vs_truth"] = adjusted_rand(est_groups, entry["groups"], num_tasks)
-            by_truth[path] = entry
-            lines.append(table_row(score, Path(path).stem, entry))
-        report["by_score"][score] = {
-            "truths": by_truth,
-            "truth_agreement": truth_agreement(args.trained, truths, score, num_tasks),
-        }
-        if est_groups is not None:
-            report["by_score"][score]["estimate_groups"] = est_groups
-            if planted is not None:
-                report["by_score"][score]["estimate_ari_vs_planted"] = adjusted_rand(est_groups, planted, num_tasks)
-    if estimate:
-        report["estimate_seconds"] = estimate[1].get("seconds")
-        report["estimate_flops"] = estimate[1].get("flops")
-        report["estimate_one_off"] = estimate[1].get("one_off")
-    out = Path(args.out) if args.out else Path(args.trained[0]).with_name(Path(args.trained[0]).stem + "_report.json")
-    write_json(out, report)
+    report, out, overlap = run(CompareJob.from_args(args))
     for line in overlap:
         print(line)
+    lines = [
+        table_row(score, Path(path).stem, entry)
+        for score, block in report["by_score"].items()
+        for path, entry in block["truths"].items()
+    ]
     print_table(report, lines)
     print(f"wrote {out}")
 
