@@ -20,7 +20,8 @@ from gradtag.clustering import (
     spectral_cluster,
     threshold_groups,
 )
-from run_clustering import get_args_parser, load_affinity, main
+from run_clustering import get_args_parser, main
+from steps.cluster import load_affinity
 
 REPO = Path(__file__).resolve().parents[1]
 TRUE_GROUPS = [[0, 1], [2, 3], [4, 5]]
