@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from gradtag.gradients import flat_params, set_flat_params
+from gradtag.taylor import taylor_residuals
 from models import build_model
-from taylor_check import get_args_parser, main, taylor_residuals
+from taylor_check import get_args_parser, main
 from tests.conftest import TINY_PLANTED_FLAGS, exit_status, run_script
 from train_multitask import get_args_parser as train_args_parser
 from train_multitask import main as train_main
