@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from data import add_data_args, dataset_options, dataset_spec
+from data import add_data_args, dataset_options, num_tasks_of
 from gradtag.artifacts import UsageError, run_main, write_subsets
 from gradtag.checks import POSITIVE_INT, ArgumentParser
 from gradtag.subsets import DEFAULT_SAMPLED_DIR, all_pairs, sample_subsets, subsets_file_path
@@ -58,24 +58,6 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def resolve_num_tasks(name: str, options: dict, data_dir: str | None = None) -> int:
-    """Number of tasks n of dataset ``name`` under ``options`` (``None`` = dataset default), without loading it.
-
-    For ``planted``, n must be a multiple of the number of groups, as :func:`data.load_dataset` requires.
-    """
-    spec = dataset_spec(name, data_dir)
-    defaults = spec["defaults"]
-    resolved = {**defaults, **{key: value for key, value in options.items() if value is not None}}
-    num_tasks = resolved["num_tasks"]
-    if num_tasks < 1:
-        raise UsageError(f"--num-tasks {num_tasks} must be at least 1")
-    if spec["kind"] == "planted" and num_tasks % resolved["planted_groups"]:
-        raise UsageError(
-            f"--num-tasks {num_tasks} must be a multiple of --planted-groups {resolved['planted_groups']} for planted"
-        )
-    return num_tasks
-
-
 def validate(args: argparse.Namespace) -> None:
     if args.pairs and (args.num_subsets is not None or args.subset_size is not None):
         raise UsageError("--pairs writes every pair; drop --num-subsets and --subset-size (or drop --pairs)")
@@ -86,7 +68,7 @@ def validate(args: argparse.Namespace) -> None:
 
 def main(args: argparse.Namespace) -> None:
     validate(args)
-    num_tasks = resolve_num_tasks(args.dataset, dataset_options(args), args.data_dir)
+    num_tasks = num_tasks_of(args.dataset, dataset_options(args), args.data_dir)
     out = (
         Path(args.out) if args.out else subsets_file_path(args.dataset, args.num_subsets, args.subset_size, args.seed, args.pairs)
     )

@@ -175,6 +175,12 @@ def _resolve(spec: dict, options: dict) -> dict:
     return resolved
 
 
+def num_tasks_of(name: str, options: dict, data_dir: str | Path | None = None) -> int:
+    """Number of tasks n of dataset ``name`` under ``options`` (``None`` = the dataset's default), without loading the
+    graph; the same checks as :func:`load_dataset` (e.g. planted: n a multiple of the number of groups)."""
+    return _resolve(dataset_spec(name, data_dir), {name: options.get(name) for name in OPTION_NAMES})["num_tasks"]
+
+
 def cached_features(cache_dir: Path, edges: np.ndarray, num_nodes: int, options: dict) -> torch.Tensor:
     """SIGN hop features of the graph, cached in ``cache_dir`` under a hash of the graph and options."""
     settings = {key: options[key] for key in ("embedding_dim", "noise_dims", "num_hops", "split_seed")}
@@ -268,6 +274,7 @@ __all__ = [
     "dataset_options",
     "dataset_spec",
     "load_dataset",
+    "num_tasks_of",
     "planted_groups_path",
     "read_planted_groups",
 ]

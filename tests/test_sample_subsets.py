@@ -6,9 +6,10 @@ from collections import Counter
 
 import pytest
 
+from data import num_tasks_of
 from gradtag.artifacts import UsageError, read_subsets
 from gradtag.subsets import all_pairs, sample_subsets, subsets_file_path
-from sample_subsets import get_args_parser, main, resolve_num_tasks
+from sample_subsets import get_args_parser, main
 from tests.conftest import exit_status, run_script
 
 
@@ -56,12 +57,12 @@ def test_all_pairs():
 
 
 def test_num_tasks_from_dataset_defaults_without_loading():
-    assert resolve_num_tasks("planted", {}) == 20
-    assert resolve_num_tasks("planted", {"num_tasks": 8, "planted_groups": None}) == 8
-    assert resolve_num_tasks("dblp", {"num_tasks": None}) == 100
-    assert resolve_num_tasks("amazon_clare", {"num_tasks": 30}) == 30
+    assert num_tasks_of("planted", {}) == 20
+    assert num_tasks_of("planted", {"num_tasks": 8, "planted_groups": None}) == 8
+    assert num_tasks_of("dblp", {"num_tasks": None}) == 100
+    assert num_tasks_of("amazon_clare", {"num_tasks": 30}) == 30
     with pytest.raises(UsageError, match="multiple of --planted-groups 4"):
-        resolve_num_tasks("planted", {"num_tasks": 6})
+        num_tasks_of("planted", {"num_tasks": 6})
 
 
 def test_script_writes_default_path_with_header(workdir, capsys):
