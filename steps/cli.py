@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import random
 
 import numpy as np
@@ -151,3 +152,14 @@ def parse_tasks(text: str, num_tasks: int) -> list[int]:
     if bad or not tasks or len(set(tasks)) != len(tasks):
         raise UsageError(f"--tasks {text!r}: indices must be distinct and within 0..{num_tasks - 1}")
     return sorted(tasks)
+
+
+def job_from_flags(cls, args: argparse.Namespace, **computed):
+    """A frozen job dataclass ``cls`` from parsed flags: each field from the flag of its name (a list becomes a tuple,
+    so a job holds no mutable flag values), then the ``computed`` fields."""
+    values = {}
+    for field in dataclasses.fields(cls):
+        if hasattr(args, field.name):
+            value = getattr(args, field.name)
+            values[field.name] = tuple(value) if isinstance(value, list) else value
+    return cls(**{**values, **computed})

@@ -6,7 +6,6 @@ sampled_tasks format, one group per line), its JSON summary and a heatmap ordere
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from gradtag.clustering import (
     symmetrize,
 )
 from gradtag.evaluation import adjusted_rand
+from steps.cli import job_from_flags
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,7 @@ class ClusterJob:
 
     @classmethod
     def from_args(cls, args) -> ClusterJob:
-        return cls(**{field.name: getattr(args, field.name) for field in dataclasses.fields(cls)})
+        return job_from_flags(cls, args)
 
 
 def load_affinity(path: str | Path) -> np.ndarray:

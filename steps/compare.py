@@ -7,7 +7,6 @@ split-half agreement, partner effects, seed ceiling, group effect), the clusteri
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ from gradtag.evaluation import (
     split_half_reliability,
 )
 from gradtag.scores import affinity_matrix, is_pairwise, records_by_seed, score_records
+from steps.cli import job_from_flags
 
 
 @dataclass(frozen=True)
@@ -43,8 +43,7 @@ class CompareJob:
 
     @classmethod
     def from_args(cls, args) -> CompareJob:
-        given = {field.name: getattr(args, field.name) for field in dataclasses.fields(cls)}
-        return cls(**{**given, "trained": tuple(args.trained), "scores": tuple(args.scores)})
+        return job_from_flags(cls, args)
 
 
 def base_fingerprints(meta: dict) -> list[str] | None:

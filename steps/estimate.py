@@ -46,7 +46,7 @@ from gradtag.regression import SOLVERS, fit_subsets, prepare_tasks
 from gradtag.regression import linearized_scores as regression_scores
 from gradtag.scores import is_pairwise, save_affinity, score_records
 from gradtag.training import class_weights, evaluate, load_checkpoint
-from steps.cli import resolve_device
+from steps.cli import job_from_flags, resolve_device
 from steps.partition import shard_indices, shard_suffix
 
 EVAL_MODES = ("linearized", "reconstructed", "second-order")
@@ -82,9 +82,7 @@ class EstimateJob:
 
     @classmethod
     def from_args(cls, args) -> EstimateJob:
-        given = {field.name: getattr(args, field.name) for field in dataclasses.fields(cls) if hasattr(args, field.name)}
-        lists = {key: tuple(given[key]) for key in ("gradients", "calibrate_with", "calibrate_solvers", "l2_grid") if given[key]}
-        return cls(**{**given, **lists})
+        return job_from_flags(cls, args)
 
     def csv_path(self) -> Path:
         """The estimate CSV of the whole run (a shard's adds ``.shard<k>of<n>`` before ``.csv``)."""

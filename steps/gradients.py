@@ -39,7 +39,7 @@ from gradtag.gradients import collect_projected_gradients, flat_params, num_trai
 from gradtag.health import base_verdict
 from gradtag.projection import Projector
 from gradtag.training import load_checkpoint
-from steps.cli import parse_tasks, resolve_device
+from steps.cli import job_from_flags, parse_tasks, resolve_device
 from steps.partition import check_shard, shard_indices
 
 GRADIENT_SPLITS = ("train", "val", "test")
@@ -70,8 +70,7 @@ class GradientJob:
 
     @classmethod
     def from_args(cls, args) -> GradientJob:
-        given = {field.name: getattr(args, field.name) for field in dataclasses.fields(cls) if hasattr(args, field.name)}
-        return cls(**{**given, "splits": tuple(args.splits)})
+        return job_from_flags(cls, args)
 
     def record(self) -> dict:
         """The job as the gradients folder's config records it under ``args``."""

@@ -18,7 +18,7 @@ from gradtag.gradients import flat_params
 from gradtag.subsets import sample_subsets
 from gradtag.taylor import METRICS, taylor_residuals, validation_pairs
 from gradtag.training import TrainConfig, load_checkpoint, train_model
-from steps.cli import resolve_device, seed_everything
+from steps.cli import job_from_flags, resolve_device, seed_everything
 
 
 @dataclass(frozen=True)
@@ -41,8 +41,7 @@ class TaylorJob:
 
     @classmethod
     def from_args(cls, args) -> TaylorJob:
-        given = {field.name: getattr(args, field.name) for field in dataclasses.fields(cls)}
-        return cls(**{**given, "steps": tuple(args.steps)})
+        return job_from_flags(cls, args)
 
 
 def check_job(job: TaylorJob) -> None:

@@ -40,7 +40,7 @@ from gradtag.gradients import flat_params, relative_distance
 from gradtag.health import assess_base, format_health, task_gradient_norms
 from gradtag.training import TrainConfig, evaluate, load_checkpoint, save_checkpoint, train_model
 from models import build_model
-from steps.cli import model_options, parse_tasks, resolve_device, seed_everything
+from steps.cli import job_from_flags, model_options, parse_tasks, resolve_device, seed_everything
 from steps.partition import check_shard, shard_indices, shard_suffix
 
 
@@ -84,9 +84,7 @@ class TrainJob:
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> TrainJob:
         """The job a script's parsed flags describe (``train_multitask.py``'s parser)."""
-        given = {field.name: getattr(args, field.name) for field in dataclasses.fields(cls) if hasattr(args, field.name)}
-        given["init_from"] = tuple(args.init_from) if args.init_from else None
-        return cls(**{**given, "dataset_options": dataset_options(args)})
+        return job_from_flags(cls, args, dataset_options=dataset_options(args))
 
     def record(self) -> dict:
         """The job as the artifacts record it under ``args``."""
