@@ -14,6 +14,7 @@ skipped (resumable); ``--num-shards/--shard-id`` split the tasks across cluster 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
 from gradtag.artifacts import read_config, run_main
 from gradtag.checks import POSITIVE_INT, ArgumentParser
@@ -62,7 +63,7 @@ def main(args: argparse.Namespace) -> None:
     folder = output_folder(job, read_config(job.checkpoint, "checkpoint")["dataset"])
     if job.overwrite:
         remove_step_files(folder)
-    launch("collect_gradients", argparse.Namespace(**{**vars(args), "overwrite": False}))
+    launch("steps.gradients", dataclasses.replace(job, overwrite=False), args)
     print(f"collected {job.num_shards} shards of projected gradients with --launcher {args.launcher} into {folder}")
 
 

@@ -96,7 +96,7 @@ def main(args: argparse.Namespace) -> None:
         run(job)
         return
     check_job(job)
-    launch("fit_linear_estimates", args)
+    launch("steps.estimate", job, args)
     path, count = merge_shards(job.csv_path())
     print(f"estimated {count} shards with --launcher {args.launcher}; merged them into {path} and its affinity matrix")
 

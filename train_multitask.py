@@ -75,7 +75,7 @@ def main(args: argparse.Namespace) -> None:
         run(job)
         return
     check_job(job)
-    launch("train_multitask", args)
+    launch("steps.train", job, args)
     if job.subsets_file:
         path, count = merge_shards(Path(job.results_dir) / f"{results_name(job)}.csv")
         print(f"trained {count} shards with --launcher {args.launcher}; merged them into {path}")

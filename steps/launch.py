@@ -1,16 +1,16 @@
 """Run the shards of a list-shaped step on existing engines: a local process pool, Ray, or SLURM through submitit.
 
-A script given ``--launcher local|ray|slurm --num-shards N`` does not compute itself: it runs its own ``main`` once
-per shard (``--shard-id k``, ``--launcher none``) as separate processes — pool workers, Ray tasks (a local Ray
-cluster of ``--workers`` processes unless ``--ray-address`` joins a running one), or a SLURM job array — waits for all
-of them, and then merges their files (``steps.merge``) where the step writes one file per shard. A shard that fails
+A script given ``--launcher local|ray|slurm --num-shards N`` does not compute itself: it runs its step's ``run(job)``
+once per shard (the job with ``shard_id = k``) as separate processes — pool workers, Ray tasks (a local Ray cluster
+of ``--workers`` processes unless ``--ray-address`` joins a running one), or a SLURM job array — waits for all of
+them, and then merges their files (``steps.merge``) where the step writes one file per shard. A shard that fails
 stops the launch with its error; its finished rows stay, so rerunning the same command resumes every shard.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
+import dataclasses
 import os
 import sys
 from concurrent.futures import ProcessPoolExecutor
@@ -55,9 +55,9 @@ def add_launcher_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def run_shard(module_name: str, args: argparse.Namespace, cwd: str, threads: int) -> str | None:
-    """One shard, in a fresh process: ``module.main(args)`` from ``cwd``. Returns None, or the one-line error of a
-    bad input (exit status 2 if it ran as a script)."""
+def run_shard(step: str, job, cwd: str, threads: int) -> str | None:
+    """One shard, in a fresh process: ``run(job)`` of the steps module ``step`` (e.g. ``steps.train``) from ``cwd``.
+    Returns None, or the one-line error of a bad input (exit status 2 if it ran as a script)."""
     os.chdir(cwd)
     if str(REPO) not in sys.path:
         sys.path.insert(0, str(REPO))
@@ -66,37 +66,28 @@ def run_shard(module_name: str, args: argparse.Namespace, cwd: str, threads: int
     import torch
 
     torch.set_num_threads(threads)
-    module = importlib.import_module(module_name)
+    module = importlib.import_module(step)
     try:
-        module.main(args)
+        module.run(job)
     except UsageError as err:
         return str(err)
     return None
 
 
-def shard_arguments(args: argparse.Namespace) -> list[argparse.Namespace]:
-    """The ``args`` of each shard: ``--shard-id k`` and ``--launcher none``, the rest as given."""
-    shards = []
-    for shard_id in range(args.num_shards):
-        shard = copy.copy(args)
-        shard.shard_id, shard.launcher = shard_id, "none"
-        shards.append(shard)
-    return shards
-
-
-def launch(module_name: str, args: argparse.Namespace) -> None:
-    """Run every shard of ``module_name``'s step with ``args`` through ``args.launcher``; raise the first shard's error."""
-    if args.shard_id != 0:
+def launch(step: str, job, args: argparse.Namespace) -> None:
+    """Run every shard of ``job`` (a frozen job of the steps module ``step``) through ``args.launcher`` and the
+    launcher flags in ``args``; raise the first failed shard's error."""
+    if job.shard_id != 0:
         raise UsageError("--launcher runs every shard itself: drop --shard-id")
-    shards = shard_arguments(args)
+    shards = [dataclasses.replace(job, shard_id=shard_id) for shard_id in range(job.num_shards)]
     cwd = os.getcwd()
     if args.launcher == "local":
         with ProcessPoolExecutor(max_workers=args.workers, mp_context=get_context("spawn")) as pool:
-            errors = list(pool.map(run_shard, [module_name] * len(shards), shards, [cwd] * len(shards), _threads(args)))
+            errors = list(pool.map(run_shard, [step] * len(shards), shards, [cwd] * len(shards), _threads(args)))
     elif args.launcher == "ray":
-        errors = _run_ray(module_name, shards, cwd, args)
+        errors = _run_ray(step, shards, cwd, args)
     else:
-        errors = _run_submitit(module_name, shards, cwd, args)
+        errors = _run_submitit(step, shards, cwd, args)
     failed = [(index, error) for index, error in enumerate(errors) if error]
     if failed:
         index, error = failed[0]
@@ -107,7 +98,7 @@ def _threads(args) -> list[int]:
     return [args.threads_per_shard] * args.num_shards
 
 
-def _run_ray(module_name: str, shards, cwd: str, args) -> list[str | None]:
+def _run_ray(step: str, shards, cwd: str, args) -> list[str | None]:
     try:
         import ray
     except ImportError:
@@ -120,12 +111,12 @@ def _run_ray(module_name: str, shards, cwd: str, args) -> list[str | None]:
         ray.init(num_cpus=args.workers, runtime_env=runtime_env, include_dashboard=False, log_to_driver=False)
     try:
         task = ray.remote(num_cpus=1, max_retries=0)(run_shard)
-        return ray.get([task.remote(module_name, shard, cwd, args.threads_per_shard) for shard in shards])
+        return ray.get([task.remote(step, shard, cwd, args.threads_per_shard) for shard in shards])
     finally:
         ray.shutdown()
 
 
-def _run_submitit(module_name: str, shards, cwd: str, args) -> list[str | None]:
+def _run_submitit(step: str, shards, cwd: str, args) -> list[str | None]:
     try:
         import submitit
     except ImportError:
@@ -138,7 +129,7 @@ def _run_submitit(module_name: str, shards, cwd: str, args) -> list[str | None]:
         if args.slurm_partition:
             parameters["slurm_partition"] = args.slurm_partition
     executor.update_parameters(**{key: value for key, value in parameters.items() if value is not None})
-    jobs = executor.map_array(run_shard, [module_name] * len(shards), shards, [cwd] * len(shards), _threads(args))
+    jobs = executor.map_array(run_shard, [step] * len(shards), shards, [cwd] * len(shards), _threads(args))
     results = []
     for job in jobs:
         try:
