@@ -17,8 +17,9 @@ import argparse
 from pathlib import Path
 
 from data import add_data_args, dataset_options, num_tasks_of
-from gradtag.artifacts import UsageError, run_main, write_subsets
+from gradtag.artifacts import UsageError, run_main
 from gradtag.checks import POSITIVE_INT, ArgumentParser
+from gradtag.results import write_subsets
 from gradtag.subsets import DEFAULT_SAMPLED_DIR, all_pairs, sample_subsets, subsets_file_path
 
 DEFAULT_NUM_SUBSETS = 200  # m: subsets to sample

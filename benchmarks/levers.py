@@ -41,7 +41,7 @@ import sample_subsets
 import train_multitask
 from benchmarks.vet_planted import run_step
 from gradtag.affinity import fill_uncovered
-from gradtag.artifacts import read_json, read_results, read_subsets, run_main, write_json, write_results, write_subsets
+from gradtag.artifacts import read_json, run_main, write_json
 from gradtag.clustering import cluster, prepare_affinity
 from gradtag.evaluation import (
     adjusted_rand,
@@ -51,6 +51,7 @@ from gradtag.evaluation import (
     seed_ceiling,
     split_half_reliability,
 )
+from gradtag.results import read_results, read_subsets, write_results, write_subsets
 from gradtag.scores import affinity_matrix, records_by_seed, score_records
 
 

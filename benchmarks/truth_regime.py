@@ -31,8 +31,9 @@ from threadpoolctl import threadpool_limits
 
 import train_multitask
 from benchmarks.vet_planted import run_step
-from gradtag.artifacts import UsageError, read_json, read_results, run_main
+from gradtag.artifacts import UsageError, read_json, run_main
 from gradtag.evaluation import comparison_report, distance_summary, partner_effects, split_half_reliability
+from gradtag.results import read_results
 from gradtag.scores import score_records
 
 

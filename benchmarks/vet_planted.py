@@ -48,9 +48,10 @@ import sample_subsets
 import train_multitask
 from data import read_planted_groups
 from gradtag.affinity import higher_order_affinity
-from gradtag.artifacts import UsageError, read_json, read_results, run_main, write_json
+from gradtag.artifacts import UsageError, read_json, run_main, write_json
 from gradtag.clustering import cluster, prepare_affinity
 from gradtag.evaluation import adjusted_rand, comparison_report, group_effect, per_task_spearman_subsets, seed_ceiling
+from gradtag.results import read_results
 from gradtag.scores import records_by_seed, score_records
 
 

@@ -17,8 +17,9 @@ import torch
 from data.graph import SPLITS, GraphDataset, build_features, make_dataset
 from data.planted import generate_planted
 from data.snap import SNAP_URL, load_snap
-from gradtag.artifacts import UsageError, atomic_path, fingerprint, read_subsets, write_json, write_subsets
+from gradtag.artifacts import UsageError, atomic_path, fingerprint, write_json
 from gradtag.checks import NONNEGATIVE_INT, OPEN_FRACTION, POSITIVE, POSITIVE_INT, PROBABILITY
+from gradtag.results import read_subsets, write_subsets
 
 # Node features are cached here (a hash of the graph and the feature options names each file); the environment
 # variable GRADTAG_CACHE_DIR moves it, e.g. to a node-local disk on a cluster.

@@ -1,4 +1,6 @@
-"""The on-disk contract between the four steps: paths, atomic writes, self-describing folders, subset files.
+"""The on-disk contract between the steps: the one bad-input error, atomic writes, locks, JSON and ``.npy`` loaders,
+self-describing folders (configs, fingerprints, compatibility checks) and cost records. Checkpoint and gradient
+paths and weights live in :mod:`gradtag.checkpoints`; subset files and result CSVs in :mod:`gradtag.results`.
 
 Every artifact folder holds a ``config.json`` naming the dataset, its fingerprint and task names, the arguments that
 made it, and the fingerprint of its input. Readers call :func:`check_compatible` before using an artifact, so a step
@@ -13,7 +15,7 @@ import json
 import os
 import sys
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -30,27 +32,6 @@ def run_main(main, args) -> None:
     except UsageError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
-
-
-# ---------------------------------------------------------------------------------------------------------- paths
-def run_name(tasks_tag: str, seed: int) -> str:
-    """Name of one training run, e.g. ``all_seed0``: the task set and the seed."""
-    return f"{tasks_tag}_seed{seed}"
-
-
-def checkpoint_dir(saved_dir: str | Path, dataset: str, run: str) -> Path:
-    """``saved/<dataset>/<run>/``: model.pt, config.json, metrics.json of step 1."""
-    return Path(saved_dir) / dataset / run
-
-
-def gradients_dir(gradients_root: str | Path, dataset: str, run: str, project_dim: int) -> Path:
-    """``gradients/<dataset>/<run>_d<dim>/``: projected gradients of step 2."""
-    return Path(gradients_root) / dataset / f"{run}_d{project_dim}"
-
-
-def gradient_file(folder: str | Path, task: int, split: str, kind: str) -> Path:
-    """``task_<j>_<split>_<kind>.npy`` with kind in gradients / outputs / labels / nodes."""
-    return Path(folder) / f"task_{task}_{split}_{kind}.npy"
 
 
 # ---------------------------------------------------------------------------------------------------------- writes
@@ -161,33 +142,6 @@ def npy_complete(path: str | Path) -> bool:
     return True
 
 
-def load_weights(path: str | Path) -> dict:
-    """The state dict (name -> tensor, on the CPU) in a step-1 ``model.pt``; a missing, damaged or foreign file is a
-    :class:`UsageError` naming it."""
-    import pickle
-
-    import torch
-
-    path = Path(path)
-    rerun = "rerun train_multitask.py --overwrite for this run"
-    if not path.is_file():
-        raise UsageError(f"{path} is missing; {rerun}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as err:
-        raise UsageError(f"{path} is not a readable checkpoint ({type(err).__name__}); {rerun}") from None
-    if not isinstance(state, dict) or not all(isinstance(value, torch.Tensor) for value in state.values()):
-        raise UsageError(f"{path} does not hold a state dict of tensors; {rerun}")
-    return state
-
-
-def weights_fingerprint(path: str | Path) -> str:
-    """A short hash of the weights in a ``model.pt`` (names, dtypes, shapes, values), not of the file's bytes:
-    an identical retrain gives the same fingerprint, so resumable artifacts made from it stay valid."""
-    state = load_weights(path)
-    return fingerprint(*(part for name in sorted(state) for part in (name, state[name].numpy())))
-
-
 def relative_path(target: str | Path, folder: str | Path) -> str:
     """``target`` as a path relative to ``folder`` (an artifact records its inputs so, beside the path as given)."""
     return os.path.relpath(Path(target).resolve(), Path(folder).resolve())
@@ -268,100 +222,3 @@ def check_compatible(config: dict, source: str | Path, **expected) -> None:
                 f"{source} was made with {key}={have!r} but this run needs {key}={want!r}; "
                 "regenerate it with matching settings or point to the right folder"
             )
-
-
-# ---------------------------------------------------------------------------------------------------------- subsets
-def read_subsets(path: str | Path, n_tasks: int) -> list[tuple[int, ...]]:
-    """Read a ``sampled_tasks`` file: one subset per line, 0-based task indices, ``#`` comments, blank lines skipped.
-
-    Returns a list of tuples of task indices in the order written. Rejects (with the line number) a non-integer, an
-    index outside ``[0, n_tasks)``, a repeated index within a line, and a file with no subset.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise UsageError(f"subsets file {path} does not exist; write one with sample_subsets.py")
-    subsets = []
-    for number, raw in enumerate(path.read_text().splitlines(), start=1):
-        line = raw.split("#", 1)[0].strip()
-        if not line:
-            continue
-        try:
-            subset = tuple(int(token) for token in line.split())
-        except ValueError:
-            raise UsageError(f"{path}:{number}: {line!r} is not a list of integer task indices") from None
-        bad = [task for task in subset if not 0 <= task < n_tasks]
-        if bad:
-            raise UsageError(f"{path}:{number}: task index {bad[0]} is out of range 0..{n_tasks - 1}")
-        if len(set(subset)) != len(subset):
-            repeated = next(task for task in subset if subset.count(task) > 1)
-            raise UsageError(f"{path}:{number}: task index {repeated} is repeated; list each task once per line")
-        subsets.append(subset)
-    if not subsets:
-        raise UsageError(f"{path} holds no subset; write one line of task indices per subset")
-    return subsets
-
-
-def write_subsets(path: str | Path, subsets: Sequence[Sequence[int]], header: str = "") -> None:
-    """Write subsets in the ``sampled_tasks`` format (also the groups format), atomically."""
-    lines = [f"# {line}" for line in header.splitlines()] if header else []
-    lines += [" ".join(str(int(task)) for task in subset) for subset in subsets]
-    with atomic_path(path) as tmp:
-        tmp.write_text("\n".join(lines) + "\n")
-
-
-def subset_key(subset: Sequence[int]) -> str:
-    """Canonical text of a subset as stored in result CSVs: indices joined by spaces, in the order given."""
-    return " ".join(str(int(task)) for task in subset)
-
-
-# ---------------------------------------------------------------------------------------------------------- result CSVs
-# ``distance``: how far the model behind the row moved from where it started, ‖W − W₀‖ / ‖W₀‖ over the trainable
-# parameters (a fine-tuned truth: from θ*; from scratch: from its initialisation; an estimate: ‖P ŵ_S‖ / ‖θ*‖, averaged
-# over its bases). It tells whether a truth stays in the first-order regime the estimate assumes (paper Sec. 3.1).
-RESULT_COLUMNS = ["subset_id", "subset", "task", "seed", "val_f1", "val_loss", "test_f1", "test_loss", "distance", "source"]
-_FLOAT_COLUMNS = ("val_f1", "val_loss", "test_f1", "test_loss", "distance")
-
-
-def read_results(path: str | Path) -> list[dict]:
-    """Rows of a per-(subset, task) results CSV (header ``RESULT_COLUMNS``), numbers parsed.
-
-    Files written before the ``distance`` column existed are read with ``distance`` NaN.
-    """
-    import csv
-
-    path = Path(path)
-    if not path.is_file():
-        raise UsageError(f"results file {path} does not exist; run the step that writes it first")
-    without_distance = [column for column in RESULT_COLUMNS if column != "distance"]
-    with open(path, newline="") as fh:
-        reader = csv.DictReader(fh)
-        if reader.fieldnames not in (RESULT_COLUMNS, without_distance):
-            raise UsageError(f"{path}: header {reader.fieldnames} is not the results header {RESULT_COLUMNS}")
-        rows = list(reader)
-    for number, row in enumerate(rows, start=2):
-        row.setdefault("distance", "nan")
-        try:
-            if None in row.values() or None in row:  # fields missing (cut short) or extra ones
-                raise ValueError
-            for key in ("subset_id", "task", "seed"):
-                row[key] = int(row[key])
-            for key in _FLOAT_COLUMNS:
-                row[key] = float(row[key])
-        except (TypeError, ValueError):
-            raise UsageError(
-                f"{path}:{number}: the row is cut short or not numeric, so the file is damaged; delete it (and its "
-                ".json sidecar) and rerun the step that writes it"
-            ) from None
-    return rows
-
-
-def write_results(path: str | Path, rows: list[dict]) -> None:
-    """Write all rows (dicts with ``RESULT_COLUMNS``; ``distance`` may be absent: NaN) atomically: a crash leaves the
-    previous file intact."""
-    import csv
-
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=RESULT_COLUMNS)
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({key: row.get(key, float("nan")) for key in RESULT_COLUMNS})

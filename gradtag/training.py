@@ -17,7 +17,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from gradtag.artifacts import UsageError, atomic_path, check_compatible, load_weights, read_config
+from gradtag.artifacts import UsageError, atomic_path, check_compatible, read_config
+from gradtag.checkpoints import load_weights
 from gradtag.flops import SampledFlops
 from models import build_model
 

@@ -13,7 +13,7 @@ import numpy as np
 
 from data import read_planted_groups
 from gradtag.affinity import fill_uncovered
-from gradtag.artifacts import UsageError, fingerprint, write_json, write_subsets
+from gradtag.artifacts import UsageError, fingerprint, write_json
 from gradtag.clustering import (
     METHODS,
     average_density,
@@ -23,6 +23,7 @@ from gradtag.clustering import (
     symmetrize,
 )
 from gradtag.evaluation import adjusted_rand
+from gradtag.results import write_subsets
 from steps.cli import job_from_flags
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from data import read_planted_groups
 from gradtag.affinity import fill_uncovered
-from gradtag.artifacts import UsageError, check_compatible, read_json, read_results, write_json
+from gradtag.artifacts import UsageError, check_compatible, read_json, write_json
 from gradtag.clustering import cluster, prepare_affinity
 from gradtag.evaluation import (
     adjusted_rand,
@@ -24,6 +24,7 @@ from gradtag.evaluation import (
     seed_ceiling,
     split_half_reliability,
 )
+from gradtag.results import read_results
 from gradtag.scores import affinity_matrix, is_pairwise, records_by_seed, score_records
 from steps.cli import job_from_flags
 

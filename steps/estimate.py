@@ -23,19 +23,14 @@ from data import load_dataset
 from gradtag.artifacts import (
     UsageError,
     check_compatible,
-    gradient_file,
     load_npy,
     locate_input,
     package_versions,
     read_config,
     read_json,
-    read_results,
-    read_subsets,
-    subset_key,
-    weights_fingerprint,
     write_json,
-    write_results,
 )
+from gradtag.checkpoints import gradient_file, weights_fingerprint
 from gradtag.evaluation import calibrate
 from gradtag.exact_step import ExactStep
 from gradtag.flops import count_flops, format_flops
@@ -44,6 +39,7 @@ from gradtag.health import base_verdict
 from gradtag.projection import Projector
 from gradtag.regression import SOLVERS, fit_subsets, prepare_tasks
 from gradtag.regression import linearized_scores as regression_scores
+from gradtag.results import read_results, read_subsets, subset_key, write_results
 from gradtag.scores import is_pairwise, save_affinity, score_records
 from gradtag.training import class_weights, evaluate, load_checkpoint
 from steps.cli import job_from_flags, resolve_device

@@ -23,17 +23,15 @@ from gradtag.artifacts import (
     add_cost,
     check_compatible,
     exclusive_lock,
-    gradient_file,
-    gradients_dir,
     npy_complete,
     package_versions,
     read_config,
     read_json,
     relative_path,
     save_npy,
-    weights_fingerprint,
     write_json,
 )
+from gradtag.checkpoints import gradient_file, gradients_dir, weights_fingerprint
 from gradtag.flops import count_flops, format_flops
 from gradtag.gradients import collect_projected_gradients, flat_params, num_trainable_params
 from gradtag.health import base_verdict

@@ -12,7 +12,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from gradtag.artifacts import UsageError, read_json, read_results, write_json, write_results
+from gradtag.artifacts import UsageError, read_json, write_json
+from gradtag.results import read_results, write_results
 from gradtag.scores import is_pairwise, save_affinity, score_records
 
 # sidecar keys that differ between the shards of one run

@@ -13,7 +13,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from data import load_dataset
-from gradtag.artifacts import UsageError, package_versions, read_config, weights_fingerprint, write_json
+from gradtag.artifacts import UsageError, package_versions, read_config, write_json
+from gradtag.checkpoints import weights_fingerprint
 from gradtag.gradients import flat_params
 from gradtag.subsets import sample_subsets
 from gradtag.taylor import METRICS, taylor_residuals, validation_pairs

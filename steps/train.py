@@ -20,24 +20,12 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from data import dataset_options, load_dataset
-from gradtag.artifacts import (
-    UsageError,
-    check_compatible,
-    checkpoint_dir,
-    exclusive_lock,
-    package_versions,
-    read_json,
-    read_results,
-    read_subsets,
-    run_name,
-    subset_key,
-    weights_fingerprint,
-    write_json,
-    write_results,
-)
+from gradtag.artifacts import UsageError, check_compatible, exclusive_lock, package_versions, read_json, write_json
+from gradtag.checkpoints import checkpoint_dir, run_name, weights_fingerprint
 from gradtag.flops import SampledFlops, format_flops
 from gradtag.gradients import flat_params, relative_distance
 from gradtag.health import assess_base, format_health, task_gradient_norms
+from gradtag.results import read_results, read_subsets, subset_key, write_results
 from gradtag.training import TrainConfig, evaluate, load_checkpoint, save_checkpoint, train_model
 from models import build_model
 from steps.cli import job_from_flags, model_options, parse_tasks, resolve_device, seed_everything

@@ -386,7 +386,7 @@ def test_a_second_run_on_a_locked_truth_csv_is_refused(root, monkeypatch, capsys
 
 def test_an_identical_retrain_keeps_the_weights_fingerprint_and_resumes(tmp_path, monkeypatch, capsys):
     """Fingerprints hash the weights, not model.pt's bytes: retraining θ* identically keeps gradients resumable."""
-    from gradtag.artifacts import weights_fingerprint
+    from gradtag.checkpoints import weights_fingerprint
 
     monkeypatch.chdir(tmp_path)
     call(train_multitask, *TRAIN)

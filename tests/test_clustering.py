@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gradtag.artifacts import UsageError, read_subsets
+from gradtag.artifacts import UsageError
 from gradtag.clustering import (
     average_density,
     groups_to_labels,
@@ -20,6 +20,7 @@ from gradtag.clustering import (
     spectral_cluster,
     threshold_groups,
 )
+from gradtag.results import read_subsets
 from run_clustering import get_args_parser, main
 from steps.cluster import load_affinity
 

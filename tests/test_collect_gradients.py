@@ -18,7 +18,8 @@ import torch
 import collect_gradients
 import train_multitask
 from data import load_dataset
-from gradtag.artifacts import read_json, weights_fingerprint
+from gradtag.artifacts import read_json
+from gradtag.checkpoints import weights_fingerprint
 from gradtag.gradients import num_trainable_params
 from gradtag.projection import Projector
 from gradtag.training import load_checkpoint

@@ -13,9 +13,10 @@ from scipy.stats import spearmanr
 
 import compare_affinities
 from gradtag.affinity import higher_order_affinity
-from gradtag.artifacts import write_json, write_results, write_subsets
+from gradtag.artifacts import write_json
 from gradtag.clustering import cluster, prepare_affinity
 from gradtag.evaluation import adjusted_rand, group_effect
+from gradtag.results import write_results, write_subsets
 from gradtag.scores import records_by_seed, score_records
 from tests.conftest import exit_status
 

@@ -19,11 +19,12 @@ import fit_linear_estimates
 import sample_subsets
 import steps.estimate as estimate_step
 from gradtag.affinity import higher_order_affinity
-from gradtag.artifacts import RESULT_COLUMNS, read_json, read_results
+from gradtag.artifacts import read_json
 from gradtag.exact_step import ExactStep
 from gradtag.gradients import flat_params, taylor_logits
 from gradtag.projection import Projector
 from gradtag.regression import fit_subsets, prepare_tasks
+from gradtag.results import RESULT_COLUMNS, read_results
 from gradtag.scores import score_records
 from gradtag.training import class_weights
 from tests.conftest import TINY_PLANTED_FLAGS, exit_status

@@ -17,7 +17,7 @@ import pipeline_summary
 import run_clustering
 import sample_subsets
 import train_multitask
-from gradtag.artifacts import RESULT_COLUMNS, read_results, read_subsets
+from gradtag.results import RESULT_COLUMNS, read_results, read_subsets
 from tests.conftest import TINY_PLANTED_FLAGS, exit_status
 
 SCRIPTS = {

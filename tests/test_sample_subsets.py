@@ -7,7 +7,8 @@ from collections import Counter
 import pytest
 
 from data import num_tasks_of
-from gradtag.artifacts import UsageError, read_subsets
+from gradtag.artifacts import UsageError
+from gradtag.results import read_subsets
 from gradtag.subsets import all_pairs, sample_subsets, subsets_file_path
 from sample_subsets import get_args_parser, main
 from tests.conftest import exit_status, run_script

@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from data import load_dataset
-from gradtag.artifacts import RESULT_COLUMNS, UsageError, read_results
+from gradtag.artifacts import UsageError
 from gradtag.flops import count_flops
+from gradtag.results import RESULT_COLUMNS, read_results
 from gradtag.training import TrainConfig, masked_bce, train_model
 from models import build_model
 from tests.conftest import TINY_PLANTED, TINY_PLANTED_FLAGS, exit_status, run_script
