@@ -36,7 +36,25 @@ def _solve_flops(a_shape, b_shape, *args, out_shape=None, **kwargs) -> int:
     return _lu_factor_flops(a_shape) + _batch(a_shape) * 2 * n * n * rhs
 
 
+def _cholesky_flops(a_shape, *args, out_shape=None, **kwargs) -> int:
+    n = a_shape[-1]
+    return _batch(a_shape) * (n**3 // 3)
+
+
+def _cholesky_solve_flops(b_shape, factors_shape, *args, out_shape=None, **kwargs) -> int:
+    n, rhs = factors_shape[-1], b_shape[-1]
+    return _batch(factors_shape) * 2 * n * n * rhs
+
+
+def _addmm_flops(self_shape, a_shape, b_shape, *args, out_shape=None, **kwargs) -> int:
+    """In-place ``addmm_`` (the projection's accumulation), which torch's counter leaves out: 2 m k n."""
+    return 2 * a_shape[0] * a_shape[1] * b_shape[1]
+
+
 SOLVE_FORMULAS = {
+    torch.ops.aten.linalg_cholesky_ex: _cholesky_flops,
+    torch.ops.aten.cholesky_solve: _cholesky_solve_flops,
+    torch.ops.aten.addmm_: _addmm_flops,
     torch.ops.aten.linalg_lu_factor_ex: _lu_factor_flops,
     torch.ops.aten.linalg_lu_solve: _lu_solve_flops,
     torch.ops.aten._linalg_solve_ex: _solve_flops,

@@ -212,29 +212,37 @@ def _hessian(data: TaskData, subsets: list[tuple[int, ...]], W: torch.Tensor, l2
     return hess
 
 
+def _cholesky(hess: torch.Tensor, what: str) -> torch.Tensor:
+    """Cholesky factors of k regularised logistic Hessians (k, d, d), symmetric positive definite for λ > 0.
+
+    Cholesky rather than LU: the Hessians are SPD, and batched LU (``lu_factor_ex``) returns garbage pivots while
+    reporting success on this torch/MKL build with 2 or more threads (``tests/test_regression.py`` checks both)."""
+    factors, info = torch.linalg.cholesky_ex(hess)
+    if (info != 0).any():
+        raise UsageError(
+            f"the regression Hessian {what} is not positive definite (a task's gradients span less than d); use a positive l2"
+        )
+    return factors
+
+
+def _chol_solve(factors: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
+    """Solve with the factors of :func:`_cholesky` for one right-hand side per subset: rhs (k, d) → (k, d)."""
+    return torch.cholesky_solve(rhs[:, :, None], factors)[:, :, 0]
+
+
 def _solve(hess: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
-    try:
-        return torch.linalg.solve(hess, rhs)
-    except RuntimeError as err:
-        raise UsageError(f"singular regression Hessian ({err}); use a positive l2") from err
+    return _chol_solve(_cholesky(hess, "at the current weights"), rhs)
 
 
 def _shared_system(data: TaskData, subsets: list[tuple[int, ...]], l2: float):
-    """LU factors of mean_{j∈S} H_j + λI (k, d, d) and the gradient mean_{j∈S} g_j (k, d) at w = 0, for k subsets."""
+    """Cholesky factors of mean_{j∈S} H_j + λI (k, d, d) and the gradient mean_{j∈S} g_j (k, d) at w = 0, for k subsets."""
     n, d = data.n_tasks, data.project_dim
     membership = torch.zeros(len(subsets), n, dtype=torch.float64, device=data.device)
     for row, subset in enumerate(subsets):
         membership[row, list(subset)] = 1.0 / len(subset)
     hess = (membership @ data.hess.reshape(n, d * d)).reshape(-1, d, d)
     hess += l2 * torch.eye(d, dtype=torch.float64, device=data.device)
-    lu, pivots, info = torch.linalg.lu_factor_ex(hess)  # LU: batched Cholesky is much slower on CPU
-    if (info != 0).any():
-        raise UsageError("singular regression Hessian at w = 0 (a task's gradients span less than d); use a positive l2")
-    return (lu, pivots), membership @ data.grad
-
-
-def _lu_solve(factors, rhs: torch.Tensor) -> torch.Tensor:
-    return torch.linalg.lu_solve(*factors, rhs[:, :, None])[:, :, 0]
+    return _cholesky(hess, "at w = 0"), membership @ data.grad
 
 
 def _curvature(data: TaskData, subsets: list[tuple[int, ...]], W: torch.Tensor):
@@ -256,12 +264,12 @@ def _hvp(curvature, V: torch.Tensor, l2: float) -> torch.Tensor:
 
 
 def _pcg(curvature, rhs: torch.Tensor, factors, l2: float, rtol: torch.Tensor, max_iter: int) -> torch.Tensor:
-    """Solve ∇²L_S x = rhs (k, d) by conjugate gradients preconditioned with the shared w = 0 Hessian (its LU factors),
+    """Solve ∇²L_S x = rhs (k, d) by conjugate gradients preconditioned with the shared w = 0 Hessian (its Cholesky factors),
     per subset until ‖residual‖ ≤ rtol ‖rhs‖ (rtol (k,)). The preconditioner is the exact Hessian at w = 0, so its
     eigenvalues relative to ∇²L_S stay near 1 and a handful of iterations suffice."""
     x = torch.zeros_like(rhs)
     r = rhs.clone()
-    z = _lu_solve(factors, r)
+    z = _chol_solve(factors, r)
     direction = z.clone()
     rz = (r * z).sum(1)
     target = rtol * rhs.norm(dim=1)
@@ -274,7 +282,7 @@ def _pcg(curvature, rhs: torch.Tensor, factors, l2: float, rtol: torch.Tensor, m
         alpha = torch.where(running, rz / torch.where(running, curvature_along, 1.0), 0.0)
         x += alpha[:, None] * direction
         r -= alpha[:, None] * product
-        z = _lu_solve(factors, r)
+        z = _chol_solve(factors, r)
         rz_new = (r * z).sum(1)
         beta = torch.where(running, rz_new / torch.where(running, rz, 1.0), 0.0)
         direction = z + beta[:, None] * direction
@@ -285,7 +293,7 @@ def _pcg(curvature, rhs: torch.Tensor, factors, l2: float, rtol: torch.Tensor, m
 def _onestep(data: TaskData, subsets: list[tuple[int, ...]], l2: float) -> torch.Tensor:
     """ŵ_S = −(mean_{j∈S} H_j + λI)⁻¹ mean_{j∈S} g_j for k subsets from the shared statistics: (k, d) float64."""
     factors, grad = _shared_system(data, subsets, l2)
-    return -_lu_solve(factors, grad)
+    return -_chol_solve(factors, grad)
 
 
 def _newton(data: TaskData, subsets: list[tuple[int, ...]], l2: float, max_iter: int, tol: float, hessian: str):
@@ -298,7 +306,7 @@ def _newton(data: TaskData, subsets: list[tuple[int, ...]], l2: float, max_iter:
     ``_MAX_HALVINGS`` halvings stops where it is.
     """
     factors, shared_grad = _shared_system(data, subsets, l2)
-    W = -_lu_solve(factors, shared_grad)
+    W = -_chol_solve(factors, shared_grad)
     loss, grad = _loss_grad(data, subsets, W, l2)
     n_iter = torch.zeros(len(subsets), dtype=torch.int64, device=W.device)
     stalled = torch.zeros(len(subsets), dtype=torch.bool, device=W.device)
@@ -311,7 +319,7 @@ def _newton(data: TaskData, subsets: list[tuple[int, ...]], l2: float, max_iter:
         if hessian == "explicit":
             step = -_solve(_hessian(data, active_subsets, W[active], l2), grad[active])
         else:
-            active_factors = tuple(f[active] for f in factors)
+            active_factors = factors[active]
             rtol = grad_norm[active].sqrt().clamp(max=0.1)
             curvature = _curvature(data, active_subsets, W[active])
             step = _pcg(curvature, -grad[active], active_factors, l2, rtol, max_iter=data.project_dim)

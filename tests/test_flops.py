@@ -40,3 +40,21 @@ def test_sampled_count_of_a_row_linear_block_equals_counting_every_run():
                 (batch @ w).sum().backward()
     assert tally.total == exact.total == sum(2 * 2 * len(batch) * 8 * 3 for batch in batches)
     assert SampledFlops().total == 0
+
+
+def test_cholesky_and_the_in_place_projection_are_counted():
+    """The step-3 factorisation and step 2's projection (in-place addmm_, which torch's counter leaves at zero)."""
+    from gradtag.projection import Projector
+
+    n, batch = 6, 4
+    A = torch.randn(batch, n, n, dtype=torch.float64)
+    A = A @ A.transpose(1, 2) + n * torch.eye(n, dtype=torch.float64)
+    with count_flops() as cholesky:
+        factors, _ = torch.linalg.cholesky_ex(A)
+        torch.cholesky_solve(torch.randn(batch, n, 1, dtype=torch.float64), factors)
+    assert cholesky.total == batch * (n**3 // 3 + 2 * n * n)
+    projector = Projector(num_params=300, project_dim=8, seed=0)
+    gradients = torch.randn(5, 300)
+    with count_flops() as projection:
+        projector.project([gradients])
+    assert projection.total >= 2 * 5 * 300 * 8  # the products with P, block by block

@@ -137,3 +137,18 @@ def test_benchmark_runs_on_tiny_data(capsys):
     )
     table = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| 8 |")]
     assert len(table) == 5
+
+
+@pytest.mark.parametrize("solver", ["newton", "newton-cg", "onestep"])
+def test_two_threads_give_the_one_thread_solution(solver):
+    """Batched LU returned garbage pivots with 2 threads on this torch/MKL build; the Cholesky solves do not."""
+    data = prepare_tasks(*make_tasks(seed=4, n=8, d=200))
+    subsets = [tuple(sorted(np.random.default_rng(k).choice(8, 3, replace=False).tolist())) for k in range(64)]
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        reference = fit_subsets(data, subsets, L2, solver=solver).weights
+        torch.set_num_threads(2)
+        torch.testing.assert_close(fit_subsets(data, subsets, L2, solver=solver).weights, reference)
+    finally:
+        torch.set_num_threads(threads)
