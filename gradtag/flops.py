@@ -1,8 +1,9 @@
 """Floating-point operation counts of the pipeline's steps, taken by torch's own counter.
 
 ``torch.utils.flop_counter.FlopCounterMode`` counts the matrix products (mm, bmm, addmm, convolutions, attention) a
-block of code runs, forward and backward, vmapped or not. The regression's dense solves are added here (LU: 2/3 n³
-per matrix, a triangular pair of solves: 2 n² per right-hand side). Elementwise work (sigmoids, sums) is not counted:
+block of code runs, forward and backward, vmapped or not, but not the in-place ``addmm_`` (step 2's projection
+accumulates with it): its 2 m k n are added here, as are the regression's dense solves (LU: 2/3 n³ per matrix,
+Cholesky: n³/3, a triangular pair of solves: 2 n² per right-hand side). Elementwise work (sigmoids, sums) is not counted:
 the figures are a lower bound that is dominated, on both sides of a comparison, by the same kind of work.
 """
 
