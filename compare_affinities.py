@@ -139,25 +139,29 @@ def _split_cells(split: dict | None) -> str:
 
 
 def print_costs(report: dict) -> None:
-    """Wall time and FLOPs (``gradtag.flops``) of the estimate, its one-off base cost, and each truth, with ratios."""
+    """Wall and CPU seconds and FLOPs (``gradtag.flops``) of the estimate, its one-off base cost, and each truth, with
+    truth ÷ estimate ratios (CPU seconds: every thread of the process; read them on a shared machine)."""
     if report.get("estimate_seconds") is None:
         return
     one_off = report.get("estimate_one_off") or {}
-    sides = [("estimate (step 3)", report["estimate_seconds"], report.get("estimate_flops"))]
-    sides.append(("one-off: θ* + gradients (steps 1-2)", one_off.get("seconds"), one_off.get("flops")))
+    sides = [("estimate (step 3)", report["estimate_seconds"], report.get("estimate_cpu_seconds"), report.get("estimate_flops"))]
+    sides.append(
+        ("one-off: θ* + gradients (steps 1-2)", one_off.get("seconds"), one_off.get("cpu_seconds"), one_off.get("flops"))
+    )
     first = next(iter(report["by_score"].values()))["truths"]
-    sides += [(f"truth {Path(path).stem}", entry.get("seconds"), entry.get("flops")) for path, entry in first.items()]
-    print("| side | seconds | FLOPs | truth / estimate (s) | truth / estimate (FLOPs) |")
-    print("|---|---|---|---|---|")
-    est_seconds, est_flops = sides[0][1], sides[0][2]
-    for index, (name, seconds, flops) in enumerate(sides):
-        ratio_s = ratio_f = "–"
-        if index >= 2 and seconds and est_seconds:
-            ratio_s = f"{seconds / est_seconds:.1f}x"
-        if index >= 2 and flops and est_flops:
-            ratio_f = f"{flops / est_flops:.1f}x"
-        shown = "–" if seconds is None else f"{seconds:.2f}"
-        print(f"| {name} | {shown} | {format_flops(flops)} | {ratio_s} | {ratio_f} |")
+    sides += [
+        (f"truth {Path(path).stem}", entry.get("seconds"), entry.get("cpu_seconds"), entry.get("flops"))
+        for path, entry in first.items()
+    ]
+    print("| side | wall s | CPU s | FLOPs | truth / estimate (wall) | truth / estimate (CPU) | truth / estimate (FLOPs) |")
+    print("|---|---|---|---|---|---|---|")
+    estimate = sides[0][1:]
+    for index, (name, *values) in enumerate(sides):
+        ratios = [
+            f"{value / base:.1f}x" if index >= 2 and value and base else "–" for value, base in zip(values, estimate, strict=True)
+        ]
+        wall, cpu = ("–" if value is None else f"{value:.2f}" for value in values[:2])
+        print(f"| {name} | {wall} | {cpu} | {format_flops(values[2])} | {' | '.join(ratios)} |")
 
 
 if __name__ == "__main__":

@@ -181,11 +181,19 @@ def read_config(folder: str | Path, kind: str) -> dict:
     return config
 
 
-def add_cost(path: str | Path, seconds: float, flops: int) -> None:
-    """Add ``seconds`` and ``flops`` to the cost record ``path`` (``{"seconds", "flops"}``, summed over resumed runs)."""
+def add_cost(path: str | Path, seconds: float, flops: int, cpu_seconds: float) -> None:
+    """Add wall ``seconds``, ``flops`` and ``cpu_seconds`` (this process, all its threads) to the cost record ``path``
+    (``{"seconds", "flops", "cpu_seconds"}``, summed over resumed runs)."""
     path = Path(path)
-    previous = read_json(path) if path.is_file() else {"seconds": 0.0, "flops": 0}
-    write_json(path, {"seconds": previous["seconds"] + seconds, "flops": previous["flops"] + flops})
+    previous = read_json(path) if path.is_file() else {}
+    write_json(
+        path,
+        {
+            "seconds": previous.get("seconds", 0.0) + seconds,
+            "flops": previous.get("flops", 0) + flops,
+            "cpu_seconds": previous.get("cpu_seconds", 0.0) + cpu_seconds,
+        },
+    )
 
 
 def fingerprint(*parts) -> str:

@@ -24,6 +24,22 @@ def add_run_args(parser: argparse.ArgumentParser) -> None:
         help="where to compute: auto picks cuda when available, else cpu",
     )
     group.add_argument("--no-progress", action="store_true", help="hide tqdm progress bars")
+    group.add_argument(
+        "--threads",
+        type=POSITIVE_INT,
+        default=None,
+        help="torch and BLAS threads (default: torch's, one per core; on a shared machine 1 keeps timings steady)",
+    )
+
+
+def use_threads(threads: int | None) -> None:
+    """Set torch's and the BLAS libraries' thread counts for this process (``None``: leave the defaults)."""
+    if threads is None:
+        return
+    from threadpoolctl import threadpool_limits
+
+    torch.set_num_threads(threads)
+    threadpool_limits(threads)
 
 
 def add_strict_arg(parser: argparse.ArgumentParser) -> None:

@@ -125,7 +125,12 @@ def truth_agreement(paths: list[str], truths: list, score: str, num_tasks: int) 
 def truth_report(rows, meta, score: str, num_tasks: int, planted, k, seed) -> dict:
     records = score_records(rows, score)
     subsets = [tuple(subset) for subset in meta["subsets"]]
-    report = {"seeds": sorted({row["seed"] for row in rows}), "seconds": meta.get("seconds"), "flops": meta.get("flops")}
+    report = {
+        "seeds": sorted({row["seed"] for row in rows}),
+        "seconds": meta.get("seconds"),
+        "cpu_seconds": meta.get("cpu_seconds"),
+        "flops": meta.get("flops"),
+    }
     report.update(reliability(rows, records, num_tasks, is_pairwise(subsets), k, seed))
     per_seed = records_by_seed(rows, score)
     if len(per_seed) >= 2:
@@ -187,6 +192,7 @@ def run(job: CompareJob) -> tuple[dict, Path, list[str]]:
                 report["by_score"][score]["estimate_ari_vs_planted"] = adjusted_rand(est_groups, planted, num_tasks)
     if estimate:
         report["estimate_seconds"] = estimate[1].get("seconds")
+        report["estimate_cpu_seconds"] = estimate[1].get("cpu_seconds")
         report["estimate_flops"] = estimate[1].get("flops")
         report["estimate_one_off"] = estimate[1].get("one_off")
     out = Path(job.out) if job.out else Path(job.trained[0]).with_name(Path(job.trained[0]).stem + "_report.json")

@@ -42,7 +42,7 @@ from gradtag.regression import linearized_scores as regression_scores
 from gradtag.results import read_results, read_subsets, subset_key, write_results
 from gradtag.scores import is_pairwise, save_affinity, score_records
 from gradtag.training import class_weights, evaluate, load_checkpoint
-from steps.cli import job_from_flags, resolve_device
+from steps.cli import job_from_flags, resolve_device, use_threads
 from steps.partition import shard_indices, shard_suffix
 
 EVAL_MODES = ("linearized", "reconstructed", "second-order")
@@ -75,6 +75,7 @@ class EstimateJob:
     results_dir: str = "results"
     num_shards: int = 1
     shard_id: int = 0
+    threads: int | None = None
 
     @classmethod
     def from_args(cls, args) -> EstimateJob:
@@ -144,18 +145,24 @@ def one_off_cost(folders: list[Path], configs: list[dict]) -> dict:
     Read from each checkpoint's metrics.json and each gradient folder's cost_shard*.json; None when either is missing
     or predates cost records.
     """
-    seconds, flops = 0.0, 0
+    unknown = {"seconds": None, "flops": None, "cpu_seconds": None}
+    seconds, flops, cpu_seconds = 0.0, 0, 0.0
     for folder, config in zip(folders, configs, strict=True):
         training = Path(config["checkpoint"]) / "metrics.json"
         shards = sorted(folder.glob("cost_shard*.json"))
         if not training.is_file() or not shards:
-            return {"seconds": None, "flops": None}
+            return unknown
         costs = [read_json(path) for path in (training, *shards)]
         if any("flops" not in cost for cost in costs):
-            return {"seconds": None, "flops": None}
+            return unknown
         seconds += sum(cost["seconds"] for cost in costs)
         flops += sum(cost["flops"] for cost in costs)
-    return {"seconds": seconds, "flops": flops}
+        cpu_seconds = (
+            None
+            if cpu_seconds is None or any("cpu_seconds" not in c for c in costs)
+            else cpu_seconds + sum(cost["cpu_seconds"] for cost in costs)
+        )
+    return {"seconds": seconds, "flops": flops, "cpu_seconds": cpu_seconds}
 
 
 def linearized_scores(data: dict, subsets, weights: np.ndarray) -> dict:
@@ -340,6 +347,7 @@ def load_base(config: dict, device, data_dir=None):
 def run(job: EstimateJob) -> None:
     """Estimate what ``job`` asks for (see the module docstring)."""
     check_job(job)
+    use_threads(job.threads)
     device = resolve_device(job.device)
     folders = [Path(folder) for folder in job.gradients]
     configs = check_folders(folders)
@@ -362,23 +370,25 @@ def run(job: EstimateJob) -> None:
             f"calibrated λ on {calibration['subsets']} trained subsets ({job.score}; per-task ρ by solver and λ: {rhos}): "
             f"{job.solver}, λ = {job.l2:g}, held-out ρ {calibration['held_out_rho']:.3f}"
         )
-    start = time.perf_counter()
-    per_base, distance_fns, total_flops, counting_seconds = [], [], 0, 0.0
+    start, cpu_start = time.perf_counter(), time.process_time()
+    per_base, distance_fns, total_flops, counting_seconds, counting_cpu = [], [], 0, 0.0, 0.0
     for folder, config in zip(folders, configs, strict=True):
         estimator = base_estimator(job, folder, config, num_tasks, needed, device, ("val", "test"), job.solver)
         scores, distance_fn, unconverged = estimator(subsets, job.l2)
         per_base.append(scores)
         distance_fns.append(distance_fn)
         if job.count_flops:  # a second, untimed pass: the counter slows small ops several-fold
-            counting_start = time.perf_counter()
+            counting_start, counting_cpu_start = time.perf_counter(), time.process_time()
             with count_flops() as flops:
                 estimator = base_estimator(job, folder, config, num_tasks, needed, device, ("val", "test"), job.solver)
                 estimator(subsets, job.l2)
             total_flops += flops.total
             counting_seconds += time.perf_counter() - counting_start
+            counting_cpu += time.process_time() - counting_cpu_start
         if unconverged:
             print(f"warning: {unconverged} of {len(subsets)} regressions did not converge in {folder}")
     seconds = time.perf_counter() - start - counting_seconds
+    cpu_seconds = time.process_time() - cpu_start - counting_cpu
     # untimed diagnostic: how far each estimate moves θ*, averaged over the bases
     distances = np.mean([distance_fn() for distance_fn in distance_fns], axis=0)
 
@@ -404,6 +414,7 @@ def run(job: EstimateJob) -> None:
         "eval": job.eval,
         "score": job.score,
         "seconds": seconds,
+        "cpu_seconds": cpu_seconds,
         "flops": total_flops if job.count_flops else None,
         "one_off": one_off_cost(folders, configs),
         "versions": package_versions(),

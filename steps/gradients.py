@@ -37,7 +37,7 @@ from gradtag.gradients import collect_projected_gradients, flat_params, num_trai
 from gradtag.health import base_verdict
 from gradtag.projection import Projector
 from gradtag.training import load_checkpoint
-from steps.cli import job_from_flags, parse_tasks, resolve_device
+from steps.cli import job_from_flags, parse_tasks, resolve_device, use_threads
 from steps.partition import check_shard, shard_indices
 
 GRADIENT_SPLITS = ("train", "val", "test")
@@ -65,6 +65,7 @@ class GradientJob:
     gradients_dir: str = "gradients"
     num_shards: int = 1
     shard_id: int = 0
+    threads: int | None = None
 
     @classmethod
     def from_args(cls, args) -> GradientJob:
@@ -110,6 +111,7 @@ def remove_step_files(folder: Path, tasks: list[int] | None = None, cost_path: P
 def run(job: GradientJob) -> None:
     """Collect what ``job`` asks for (see the module docstring)."""
     check_job(job)
+    use_threads(job.threads)
     checkpoint = Path(job.checkpoint)
     checkpoint_config = read_config(checkpoint, "checkpoint")
     device = resolve_device(job.device)
@@ -179,7 +181,7 @@ def collect_tasks(
         pieces = [(task, split, dataset.samples(task, split)) for task in chunk for split in job.splits]
         nodes = np.concatenate([samples for _, _, samples in pieces])
         owners = np.concatenate([np.full(len(samples), task) for task, _, samples in pieces])
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         with count_flops() as flops:
             gradients, outputs = collect_projected_gradients(
                 model,
@@ -192,7 +194,7 @@ def collect_tasks(
                 desc=f"gradients tasks {chunk[0]}..{chunk[-1]}",
             )
         seconds = time.perf_counter() - start
-        add_cost(cost_path, seconds, flops.total)
+        add_cost(cost_path, seconds, flops.total, time.process_time() - cpu_start)
         total_seconds, total_flops = total_seconds + seconds, total_flops + flops.total
         offset = 0
         for task, split, samples in pieces:

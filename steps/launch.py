@@ -79,7 +79,8 @@ def launch(step: str, job, args: argparse.Namespace) -> None:
     launcher flags in ``args``; raise the first failed shard's error."""
     if job.shard_id != 0:
         raise UsageError("--launcher runs every shard itself: drop --shard-id")
-    shards = [dataclasses.replace(job, shard_id=shard_id) for shard_id in range(job.num_shards)]
+    threads = job.threads or args.threads_per_shard
+    shards = [dataclasses.replace(job, shard_id=shard_id, threads=threads) for shard_id in range(job.num_shards)]
     cwd = os.getcwd()
     if args.launcher == "local":
         with ProcessPoolExecutor(max_workers=args.workers, mp_context=get_context("spawn")) as pool:

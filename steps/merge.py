@@ -4,7 +4,7 @@ A shard ``k`` of ``n`` writes ``<name>.shard<k>of<n>.csv`` and its sidecar (``st
 that the ``n`` shards are all there, made by the same run (their sidecars agree but for the shard and its cost) and
 finished (every subset × seed has its rows), then writes the rows in the unsharded run's order — by subset id, then
 seed in the run's order, then task in the subset's order — so the merged CSV is byte-identical to an unsharded run's.
-The merged sidecar sums the shards' seconds and FLOPs; an estimate's merge also writes its affinity matrix.
+The merged sidecar sums the shards' wall and CPU seconds and FLOPs; an estimate's merge also writes its affinity matrix.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from gradtag.results import read_results, write_results
 from gradtag.scores import is_pairwise, save_affinity, score_records
 
 # sidecar keys that differ between the shards of one run
-_PER_SHARD = ("shard", "args", "seconds", "flops", "versions")
+_PER_SHARD = ("shard", "args", "seconds", "cpu_seconds", "flops", "versions")
 
 
 def shard_paths(target: str | Path) -> list[Path]:
@@ -74,6 +74,7 @@ def merge_shards(target: str | Path, paths: list[Path] | None = None) -> tuple[P
         "args": metas[0].get("args"),
         "merged_shards": [str(path) for path in paths],
         "seconds": sum(meta.get("seconds") or 0.0 for meta in metas),
+        "cpu_seconds": sum(meta.get("cpu_seconds") or 0.0 for meta in metas),
         "flops": None if any(value is None for value in flops) else sum(flops),
         "versions": metas[0].get("versions"),
     }

@@ -19,7 +19,7 @@ from gradtag.gradients import flat_params
 from gradtag.subsets import sample_subsets
 from gradtag.taylor import METRICS, taylor_residuals, validation_pairs
 from gradtag.training import TrainConfig, load_checkpoint, train_model
-from steps.cli import job_from_flags, resolve_device, seed_everything
+from steps.cli import job_from_flags, resolve_device, seed_everything, use_threads
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,7 @@ class TaylorJob:
     device: str = "auto"
     no_progress: bool = False
     results_dir: str = "results"
+    threads: int | None = None
 
     @classmethod
     def from_args(cls, args) -> TaylorJob:
@@ -76,6 +77,7 @@ def averages_by_steps(rows: list[dict], steps: list[int]) -> list[dict]:
 def run(job: TaylorJob) -> dict:
     """Fine-tune and expand as ``job`` says; write the JSON record and return it (see the module docstring)."""
     check_job(job)
+    use_threads(job.threads)
     device = resolve_device(job.device)
     checkpoint = Path(job.checkpoint)
     checkpoint_config = read_config(checkpoint, "checkpoint")

@@ -28,7 +28,7 @@ from gradtag.health import assess_base, format_health, task_gradient_norms
 from gradtag.results import read_results, read_subsets, subset_key, write_results
 from gradtag.training import TrainConfig, evaluate, load_checkpoint, save_checkpoint, train_model
 from models import build_model
-from steps.cli import job_from_flags, model_options, parse_tasks, resolve_device, seed_everything
+from steps.cli import job_from_flags, model_options, parse_tasks, resolve_device, seed_everything, use_threads
 from steps.partition import check_shard, shard_indices, shard_suffix
 
 
@@ -68,6 +68,7 @@ class TrainJob:
     results_dir: str = "results"
     num_shards: int = 1
     shard_id: int = 0
+    threads: int | None = None
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> TrainJob:
@@ -84,6 +85,7 @@ class TrainJob:
 def run(job: TrainJob) -> None:
     """Train what ``job`` asks for (see the module docstring)."""
     check_job(job)
+    use_threads(job.threads)
     device = resolve_device(job.device)
     dataset = load_dataset(job.dataset, job.data_dir, **job.dataset_options)
     options = model_options(job, dataset.recommended)
@@ -134,11 +136,17 @@ def train_meta_initializations(job, dataset, device, options: dict) -> None:
         seed_everything(seed)
         model = build_model(job.model, dataset.features.shape[2], dataset.features.shape[1] - 1, dataset.num_tasks, **options)
         model.to(device)
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         config = train_config(job, dataset)
         summary = train_model(model, dataset, tasks, config, device, seed, progress=not job.no_progress)
-        seconds = time.perf_counter() - start
-        metrics = {"tasks": tasks, "seconds": seconds, **summary, **evaluate(model, dataset, tasks, device)}
+        seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
+        metrics = {
+            "tasks": tasks,
+            "seconds": seconds,
+            "cpu_seconds": cpu_seconds,
+            **summary,
+            **evaluate(model, dataset, tasks, device),
+        }
         # is θ* usable by steps 2-3 (README: learned, not memorised, gradients not flat)? recorded; they warn or refuse
         health = assess_base(metrics, task_gradient_norms(model, dataset, tasks, config.balanced, device))
         save_checkpoint(folder, model)
@@ -247,7 +255,7 @@ def train_subset_models(job, dataset, device, options: dict, subsets, csv_path: 
     }
     with exclusive_lock(csv_path, str(csv_path)):  # two runs on one CSV would train every subset twice
         sidecar = csv_path.with_suffix(".json")
-        rows, previous_seconds, previous_flops = [], 0.0, 0
+        rows, previous_seconds, previous_flops, previous_cpu = [], 0.0, 0, 0.0
         if csv_path.exists() and not job.overwrite:
             previous = read_json(sidecar)
             check_compatible(
@@ -258,16 +266,17 @@ def train_subset_models(job, dataset, device, options: dict, subsets, csv_path: 
                     for key in ("dataset", "dataset_fingerprint", "model_options", "training", "subsets", "mode", "init", "shard")
                 },
             )
-            rows, previous_seconds, previous_flops = (
+            rows, previous_seconds, previous_flops, previous_cpu = (
                 read_results(csv_path),
                 previous.get("seconds", 0.0),
                 previous.get("flops", 0),
+                previous.get("cpu_seconds", 0.0),
             )
         done = {(row["subset_id"], row["seed"]) for row in rows}
         owned = shard_indices(len(subsets), job.num_shards, job.shard_id)  # global subset ids, whichever shard trains them
         jobs = [(index, seed) for index in owned for seed, _ in starts]
         todo = [job for job in jobs if job not in done]
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
 
         def record_cost(flops_so_far: int) -> None:  # before each model's rows are written: a kill loses no cost
             seconds_so_far = time.perf_counter() - start
@@ -278,6 +287,7 @@ def train_subset_models(job, dataset, device, options: dict, subsets, csv_path: 
                     "args": job.record(),
                     "seconds": previous_seconds + seconds_so_far,
                     "flops": previous_flops + flops_so_far,
+                    "cpu_seconds": previous_cpu + time.process_time() - cpu_start,
                 },
             )
 

@@ -113,9 +113,9 @@ def test_estimate_equal_to_truth_gives_spearman_1_and_distance_0(tmp_path, capsy
     assert report["estimate_seconds"] == 0.25 and report["by_score"]["loss"]["truths"][truth]["seconds"] == 12.0
     out_text = capsys.readouterr().out
     assert "| score | truth | ρ task/subsets |" in out_text and "| loss | truth | 1.000 | 1.000 | 1.000 | 0.000 |" in out_text
-    assert "| estimate (step 3) | 0.25 | 500 MFLOP | – | – |" in out_text
-    assert "| one-off: θ* + gradients (steps 1-2) | 4.00 | 2 GFLOP | – | – |" in out_text
-    assert "| truth truth | 12.00 | 3 GFLOP | 48.0x | 6.0x |" in out_text and f"wrote {out}" in out_text
+    assert "| estimate (step 3) | 0.25 | – | 500 MFLOP | – | – | – |" in out_text  # no CPU seconds recorded: –
+    assert "| one-off: θ* + gradients (steps 1-2) | 4.00 | – | 2 GFLOP | – | – | – |" in out_text
+    assert "| truth truth | 12.00 | – | 3 GFLOP | 48.0x | – | 6.0x |" in out_text and f"wrote {out}" in out_text
 
 
 def test_truth_with_two_seeds_reports_its_ceiling_and_is_averaged_over_seeds(tmp_path):

@@ -29,7 +29,7 @@ from tests.conftest import REPO
 
 PLANTED = ["--planted-nodes", "1200", "--num-tasks", "8", "--planted-groups", "2", "--planted-core-size", "100"]
 PLANTED += ["--planted-seed", "1", "--data-dir", "planted"]
-COST_KEYS = ("seconds", "flops")
+COST_KEYS = ("seconds", "flops", "cpu_seconds")
 
 
 def call(module, argv: list[str]) -> None:

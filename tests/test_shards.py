@@ -172,3 +172,24 @@ def test_step_3_from_another_folder_finds_its_base_and_the_cache_moves_with_an_e
     assert sidecar["one_off"]["seconds"] is not None  # θ*'s metrics.json was found
     assert Path(sidecar["bases"][0]["checkpoint"]).resolve() == (root / CKPT).resolve()
     assert list((tmp_path / "node_cache").rglob("features_*.pt")) and not (tmp_path / "datasets" / "cache").exists()
+
+
+def test_every_cost_record_has_cpu_seconds_and_threads_are_set(root, monkeypatch, tmp_path):
+    monkeypatch.chdir(root)
+    records = [
+        root / CKPT / "metrics.json",
+        root / "gradients" / "planted" / "all_seed0_d8" / "cost_shard0of1.json",
+        root / "results" / "single.json",
+        root / "results" / "single_estimate.json",
+    ]
+    for path in records:
+        record = json.loads(path.read_text())
+        assert record["cpu_seconds"] > 0 and record["seconds"] > 0, path
+    import torch
+
+    threads = torch.get_num_threads()
+    try:
+        call(fit_linear_estimates, [*ESTIMATE, "--results-dir", tmp_path, "--threads", "1"])
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)
