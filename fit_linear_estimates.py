@@ -21,6 +21,7 @@ import argparse
 
 from gradtag.artifacts import run_main
 from gradtag.checks import NONNEGATIVE, POSITIVE_INT, ArgumentParser
+from gradtag.regression import BATCH_SIZE
 from gradtag.scores import SCORES
 from steps.cli import add_folder_args, add_run_args, add_strict_arg
 from steps.estimate import EVAL_MODES, L2_GRID, STEP3_SOLVERS, EstimateJob, check_job, run
@@ -46,7 +47,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--eval", default="linearized", choices=EVAL_MODES, help="how each task of a subset is scored")
     parser.add_argument("--score", default="loss", choices=sorted(SCORES), help="affinity entry: -val loss or val F1")
-    parser.add_argument("--batch-size", type=POSITIVE_INT, default=64, help="subsets fitted together (memory knob)")
+    parser.add_argument(
+        "--batch-size", type=POSITIVE_INT, default=BATCH_SIZE, help="subsets fitted together (a speed and memory knob)"
+    )
     parser.add_argument(
         "--count-flops",
         action=argparse.BooleanOptionalAction,

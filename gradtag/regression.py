@@ -17,7 +17,8 @@ shared by every subset, so the one-step solution of a subset is one d × d solve
 subsets: for each task, the logits of every subset in the batch that holds it come from one matrix product. Solver
 ``newton`` forms each subset's Hessian at the current weights (all Gram matrices of a task in one more product);
 ``newton-cg`` never forms it and solves each Newton system by conjugate gradients on Hessian-vector products,
-preconditioned with the shared w = 0 Hessian — same optimum, far fewer flops.
+preconditioned with one matrix for all subsets, (mean over all tasks of H_j + λI)⁻¹ — same optimum, no d × d
+factorisation per subset (those were most of the time; README, "Benchmarks").
 
 All arithmetic is float64 on the device of the inputs (CPU or CUDA).
 """
@@ -35,6 +36,10 @@ from gradtag.artifacts import UsageError
 from gradtag.training import binary_f1
 
 SOLVERS = ("newton", "newton-cg", "onestep")
+
+# subsets fitted together by default: larger batches amortise the per-task products over more subsets (512 was 2x
+# faster than 64 on the embedded default's gradients, README "Benchmarks"); memory grows with it only for "newton"
+BATCH_SIZE = 512
 _ARMIJO = 1e-4  # sufficient-decrease constant of the Newton line search
 _MAX_HALVINGS = 30  # step halvings before a subset is declared stalled
 _GRAM_CHUNK = 2**24  # float64 elements (128 MiB) of the scaled-gradient buffer built per Hessian product
@@ -234,12 +239,18 @@ def _solve(hess: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
     return _chol_solve(_cholesky(hess, "at the current weights"), rhs)
 
 
+def _membership(data: TaskData, subsets: list[tuple[int, ...]]) -> torch.Tensor:
+    """(k, n) weights 1/|S| of each subset's tasks: a subset's mean of per-task statistics is ``membership @ stats``."""
+    membership = torch.zeros(len(subsets), data.n_tasks, dtype=torch.float64, device=data.device)
+    for row, subset in enumerate(subsets):
+        membership[row, list(subset)] = 1.0 / len(subset)
+    return membership
+
+
 def _shared_system(data: TaskData, subsets: list[tuple[int, ...]], l2: float):
     """Cholesky factors of mean_{j∈S} H_j + λI (k, d, d) and the gradient mean_{j∈S} g_j (k, d) at w = 0, for k subsets."""
     n, d = data.n_tasks, data.project_dim
-    membership = torch.zeros(len(subsets), n, dtype=torch.float64, device=data.device)
-    for row, subset in enumerate(subsets):
-        membership[row, list(subset)] = 1.0 / len(subset)
+    membership = _membership(data, subsets)
     hess = (membership @ data.hess.reshape(n, d * d)).reshape(-1, d, d)
     hess += l2 * torch.eye(d, dtype=torch.float64, device=data.device)
     return _cholesky(hess, "at w = 0"), membership @ data.grad
@@ -263,13 +274,23 @@ def _hvp(curvature, V: torch.Tensor, l2: float) -> torch.Tensor:
     return out
 
 
-def _pcg(curvature, rhs: torch.Tensor, factors, l2: float, rtol: torch.Tensor, max_iter: int) -> torch.Tensor:
-    """Solve ∇²L_S x = rhs (k, d) by conjugate gradients preconditioned with the shared w = 0 Hessian (its Cholesky factors),
-    per subset until ‖residual‖ ≤ rtol ‖rhs‖ (rtol (k,)). The preconditioner is the exact Hessian at w = 0, so its
-    eigenvalues relative to ∇²L_S stay near 1 and a handful of iterations suffice."""
+def _all_tasks_inverse(data: TaskData, l2: float) -> torch.Tensor:
+    """(mean_j H_j + λI)⁻¹ over all n tasks at w = 0: (d, d), one preconditioner shared by every subset.
+
+    A per-subset preconditioner (the subset's own w = 0 Hessian) needs a d × d factorisation and two triangular solves
+    per CG step for every subset, and those were most of step 3's time (README, "Benchmarks"); the shared one costs one
+    factorisation per call and a matrix product per CG step for all subsets at once, for a few more CG steps."""
+    d = data.project_dim
+    hess = data.hess.mean(0) + l2 * torch.eye(d, dtype=torch.float64, device=data.device)
+    return torch.cholesky_inverse(_cholesky(hess[None], "of all tasks at w = 0")[0])
+
+
+def _pcg(curvature, rhs: torch.Tensor, inverse: torch.Tensor, l2: float, rtol: torch.Tensor, max_iter: int) -> torch.Tensor:
+    """Solve ∇²L_S x = rhs (k, d) by conjugate gradients preconditioned with ``inverse`` (d, d, symmetric positive
+    definite: :func:`_all_tasks_inverse`), per subset until ‖residual‖ ≤ rtol ‖rhs‖ (rtol (k,))."""
     x = torch.zeros_like(rhs)
     r = rhs.clone()
-    z = _chol_solve(factors, r)
+    z = r @ inverse
     direction = z.clone()
     rz = (r * z).sum(1)
     target = rtol * rhs.norm(dim=1)
@@ -282,7 +303,7 @@ def _pcg(curvature, rhs: torch.Tensor, factors, l2: float, rtol: torch.Tensor, m
         alpha = torch.where(running, rz / torch.where(running, curvature_along, 1.0), 0.0)
         x += alpha[:, None] * direction
         r -= alpha[:, None] * product
-        z = _chol_solve(factors, r)
+        z = r @ inverse
         rz_new = (r * z).sum(1)
         beta = torch.where(running, rz_new / torch.where(running, rz, 1.0), 0.0)
         direction = z + beta[:, None] * direction
@@ -297,7 +318,7 @@ def _onestep(data: TaskData, subsets: list[tuple[int, ...]], l2: float) -> torch
 
 
 def _newton(data: TaskData, subsets: list[tuple[int, ...]], l2: float, max_iter: int, tol: float, hessian: str):
-    """Damped Newton for k subsets at once, warm-started from the one-step solution.
+    """Damped Newton for k subsets at once, warm-started from one preconditioned gradient step.
 
     Each step solves ∇²L_S Δ = −∇L_S for the subsets not yet converged — with the explicit Hessians
     (``hessian="explicit"``, IRLS) or by preconditioned conjugate gradients on Hessian-vector products
@@ -305,8 +326,12 @@ def _newton(data: TaskData, subsets: list[tuple[int, ...]], l2: float, max_iter:
     backtracks (halving, Armijo) per subset; a subset whose step cannot decrease the objective within
     ``_MAX_HALVINGS`` halvings stops where it is.
     """
-    factors, shared_grad = _shared_system(data, subsets, l2)
-    W = -_chol_solve(factors, shared_grad)
+    if hessian == "cg":  # one shared preconditioner; its step from w = 0 is the start
+        inverse = _all_tasks_inverse(data, l2)
+        W = -(_membership(data, subsets) @ data.grad) @ inverse
+    else:  # the one-step solution (each subset's own w = 0 Hessian)
+        factors, shared_grad = _shared_system(data, subsets, l2)
+        W = -_chol_solve(factors, shared_grad)
     loss, grad = _loss_grad(data, subsets, W, l2)
     n_iter = torch.zeros(len(subsets), dtype=torch.int64, device=W.device)
     stalled = torch.zeros(len(subsets), dtype=torch.bool, device=W.device)
@@ -319,10 +344,9 @@ def _newton(data: TaskData, subsets: list[tuple[int, ...]], l2: float, max_iter:
         if hessian == "explicit":
             step = -_solve(_hessian(data, active_subsets, W[active], l2), grad[active])
         else:
-            active_factors = factors[active]
             rtol = grad_norm[active].sqrt().clamp(max=0.1)
             curvature = _curvature(data, active_subsets, W[active])
-            step = _pcg(curvature, -grad[active], active_factors, l2, rtol, max_iter=data.project_dim)
+            step = _pcg(curvature, -grad[active], inverse, l2, rtol, max_iter=data.project_dim)
         slope = (grad[active] * step).sum(1)
         base = loss[active]
         t = torch.ones(len(active), dtype=torch.float64, device=W.device)
@@ -351,7 +375,7 @@ def fit_subsets(
     solver: str = "newton-cg",
     max_iter: int = 50,
     tol: float = 1e-8,
-    batch_size: int = 64,
+    batch_size: int = BATCH_SIZE,
 ) -> SubsetFit:
     """Fit ŵ_S (Eq. 3) for every subset, ``batch_size`` subsets at a time; see the module docstring for L_S.
 
@@ -359,9 +383,9 @@ def fit_subsets(
     solver: ``"onestep"`` — one Newton step from w = 0 with the shared per-task statistics,
     ŵ_S = −(mean_{j∈S} H_j + λI)⁻¹ mean_{j∈S} g_j (a d × d solve per subset); ``"newton"`` — damped Newton (IRLS)
     with explicit Hessians to ``max|∇L_S| <= tol``, warm-started from the one-step solution, at most ``max_iter``
-    steps; ``"newton-cg"`` — the same to the same tolerance, each Newton system solved by conjugate gradients on
-    Hessian-vector products preconditioned with the shared Hessian at w = 0 (no d × d Hessian formed per subset and
-    step: about d/2 times fewer flops per pass; the fast exact solver).
+    steps; ``"newton-cg"`` — the same to the same tolerance, started from one preconditioned gradient step, each
+    Newton system solved by conjugate gradients on Hessian-vector products preconditioned with the all-task w = 0
+    Hessian (no d × d Hessian formed or factorised per subset; the fast exact solver).
     Returns a :class:`SubsetFit` (weights (m, d) float64 and convergence info); the batch size changes only speed.
     """
     if solver not in SOLVERS:

@@ -37,7 +37,7 @@ from gradtag.flops import count_flops, format_flops
 from gradtag.gradients import flat_params, set_flat_params, taylor_logits
 from gradtag.health import base_verdict
 from gradtag.projection import Projector
-from gradtag.regression import SOLVERS, fit_subsets, prepare_tasks
+from gradtag.regression import BATCH_SIZE, SOLVERS, fit_subsets, prepare_tasks
 from gradtag.regression import linearized_scores as regression_scores
 from gradtag.results import read_results, read_subsets, subset_key, write_results
 from gradtag.scores import is_pairwise, save_affinity, score_records
@@ -61,7 +61,7 @@ class EstimateJob:
     solver: str = "newton-cg"
     eval: str = "linearized"
     score: str = "loss"
-    batch_size: int = 64
+    batch_size: int = BATCH_SIZE
     count_flops: bool = True
     calibrate_with: tuple[str, ...] | None = None
     calibrate_solvers: tuple[str, ...] | None = None
