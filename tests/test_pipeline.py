@@ -13,9 +13,11 @@ import pytest
 import collect_gradients
 import compare_affinities
 import fit_linear_estimates
+import merge_results
 import pipeline_summary
 import run_clustering
 import sample_subsets
+import taylor_check
 import train_multitask
 from gradtag.results import RESULT_COLUMNS, read_results, read_subsets
 from tests.conftest import TINY_PLANTED_FLAGS, exit_status
@@ -28,6 +30,8 @@ SCRIPTS = {
     "compare_affinities.py": compare_affinities,
     "run_clustering.py": run_clustering,
     "pipeline_summary.py": pipeline_summary,
+    "merge_results.py": merge_results,
+    "taylor_check.py": taylor_check,
 }
 
 
