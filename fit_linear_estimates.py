@@ -54,7 +54,8 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--count-flops",
         action=argparse.BooleanOptionalAction,
         default=True,
-        help="count the FLOPs of step 3 in a second, untimed pass (gradtag/flops.py); --no-count-flops skips it",
+        help="count the FLOPs of step 3 (gradtag/flops.py) in a second, untimed pass over the per-task work and the first "
+        "--batch-size subsets, scaled to all of them (recorded: flops_counted_subsets); --no-count-flops skips it",
     )
     parser.add_argument(
         "--calibrate-with",

@@ -377,12 +377,14 @@ def run(job: EstimateJob) -> None:
         scores, distance_fn, unconverged = estimator(subsets, job.l2)
         per_base.append(scores)
         distance_fns.append(distance_fn)
-        if job.count_flops:  # a second, untimed pass: the counter slows small ops several-fold
+        if job.count_flops:  # a second, untimed pass (the counter slows small ops several-fold), on one batch only
             counting_start, counting_cpu_start = time.perf_counter(), time.process_time()
-            with count_flops() as flops:
+            sample = subsets[: job.batch_size]
+            with count_flops() as preparation:  # the per-task work, in full
                 estimator = base_estimator(job, folder, config, num_tasks, needed, device, ("val", "test"), job.solver)
-                estimator(subsets, job.l2)
-            total_flops += flops.total
+            with count_flops() as fitting:  # the per-subset work of the first batch, scaled to every subset
+                estimator(sample, job.l2)
+            total_flops += preparation.total + round(fitting.total * len(subsets) / len(sample))
             counting_seconds += time.perf_counter() - counting_start
             counting_cpu += time.process_time() - counting_cpu_start
         if unconverged:
@@ -416,6 +418,7 @@ def run(job: EstimateJob) -> None:
         "seconds": seconds,
         "cpu_seconds": cpu_seconds,
         "flops": total_flops if job.count_flops else None,
+        "flops_counted_subsets": min(len(subsets), job.batch_size) if job.count_flops else None,
         "one_off": one_off_cost(folders, configs),
         "versions": package_versions(),
     }

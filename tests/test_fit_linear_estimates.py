@@ -127,8 +127,19 @@ def test_writes_estimate_csv_and_higher_order_affinity(folders, tmp_path, capsys
     # cost: step 3's FLOPs and seconds, and the base's steps 1-2 read from its checkpoint and gradient folder
     base_training = read_json(Path(read_json(folders.grads[0] / "config.json")["checkpoint"]) / "metrics.json")
     gradients_cost = read_json(folders.grads[0] / "cost_shard0of1.json")
-    assert sidecar["flops"] > 0 and sidecar["seconds"] > 0
+    assert sidecar["flops"] > 0 and sidecar["seconds"] > 0 and sidecar["flops_counted_subsets"] == len(TRIPLES)
     assert sidecar["one_off"]["flops"] == base_training["flops"] + gradients_cost["flops"] > 0
+
+
+def test_flops_are_counted_on_one_batch_and_scaled(folders, tmp_path):
+    """The counting pass covers the per-task work and the first batch only; identical subsets scale exactly."""
+    subsets = tmp_path / "same.txt"
+    subsets.write_text("0 1 2\n" * 8)
+    fit(folders.grads[0], subsets, tmp_path, "--name", "all")
+    fit(folders.grads[0], subsets, tmp_path, "--name", "batch2", "--batch-size", "2")
+    whole, sampled = (read_json(tmp_path / f"{name}_estimate.json") for name in ("all", "batch2"))
+    assert sampled["flops_counted_subsets"] == 2 and whole["flops_counted_subsets"] == 8
+    assert sampled["flops"] == pytest.approx(whole["flops"], rel=0.02)
 
 
 def test_linearized_loss_equals_a_direct_recomputation(folders, tmp_path):
