@@ -121,9 +121,11 @@ def print_reliability(report: dict) -> None:
         if score in report.get("estimate_reliability", {}):
             sides.append(("estimate", report["estimate_reliability"][score]))
         for name, side in sides:
+            tested = side["partner_effect_tasks_tested"]
+            effect = f"{side['partner_effect_share']:.2f} of {tested}" if tested else "– (one score per pair: nothing to test)"
             print(
                 f"| {score} | {name} | {_distance_cell(side.get('distance'))} | {_split_cells(side.get('split_half'))} | "
-                f"{side['partner_effect_share']:.2f} of {side['partner_effect_tasks_tested']} |"
+                f"{effect} |"
             )
 
 
