@@ -35,7 +35,10 @@ def add_launcher_args(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--workers", type=POSITIVE_INT, default=2, help="local and ray: shards run at once (processes)")
     group.add_argument(
-        "--threads-per-shard", type=POSITIVE_INT, default=1, help="torch threads in each shard's process (all launchers)"
+        "--threads-per-shard",
+        type=POSITIVE_INT,
+        default=1,
+        help="torch and BLAS threads in each shard's process when --threads is not given (all launchers)",
     )
     group.add_argument(
         "--ray-address", default=None, help="ray: a running cluster to join ('auto' finds it); default: start a local one"
@@ -55,17 +58,15 @@ def add_launcher_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def run_shard(step: str, job, cwd: str, threads: int) -> str | None:
-    """One shard, in a fresh process: ``run(job)`` of the steps module ``step`` (e.g. ``steps.train``) from ``cwd``.
-    Returns None, or the one-line error of a bad input (exit status 2 if it ran as a script)."""
+def run_shard(step: str, job, cwd: str) -> str | None:
+    """One shard, in a fresh process: ``run(job)`` of the steps module ``step`` (e.g. ``steps.train``) from ``cwd``
+    (the step sets its own thread count from ``job.threads``). Returns None, or the one-line error of a bad input
+    (exit status 2 if it ran as a script)."""
     os.chdir(cwd)
     if str(REPO) not in sys.path:
         sys.path.insert(0, str(REPO))
     import importlib
 
-    import torch
-
-    torch.set_num_threads(threads)
     module = importlib.import_module(step)
     try:
         module.run(job)
@@ -84,53 +85,49 @@ def launch(step: str, job, args: argparse.Namespace) -> None:
     cwd = os.getcwd()
     if args.launcher == "local":
         with ProcessPoolExecutor(max_workers=args.workers, mp_context=get_context("spawn")) as pool:
-            errors = list(pool.map(run_shard, [step] * len(shards), shards, [cwd] * len(shards), _threads(args)))
+            errors = list(pool.map(run_shard, [step] * len(shards), shards, [cwd] * len(shards)))
     elif args.launcher == "ray":
-        errors = _run_ray(step, shards, cwd, args)
+        errors = _run_ray(step, shards, cwd, threads, args)
     else:
-        errors = _run_submitit(step, shards, cwd, args)
+        errors = _run_submitit(step, shards, cwd, threads, args)
     failed = [(index, error) for index, error in enumerate(errors) if error]
     if failed:
         index, error = failed[0]
         raise UsageError(f"shard {index} of {len(shards)} failed ({len(failed)} in all): {error}")
 
 
-def _threads(args) -> list[int]:
-    return [args.threads_per_shard] * args.num_shards
-
-
-def _run_ray(step: str, shards, cwd: str, args) -> list[str | None]:
+def _run_ray(step: str, shards, cwd: str, threads: int, args) -> list[str | None]:
     try:
         import ray
     except ImportError:
         raise UsageError("--launcher ray needs the ray package: pip install ray") from None
     pythonpath = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
-    runtime_env = {"env_vars": {"PYTHONPATH": pythonpath, "OMP_NUM_THREADS": str(args.threads_per_shard)}}
+    runtime_env = {"env_vars": {"PYTHONPATH": pythonpath, "OMP_NUM_THREADS": str(threads)}}
     if args.ray_address:
         ray.init(address=args.ray_address, runtime_env=runtime_env, log_to_driver=False)
     else:
         ray.init(num_cpus=args.workers, runtime_env=runtime_env, include_dashboard=False, log_to_driver=False)
     try:
         task = ray.remote(num_cpus=1, max_retries=0)(run_shard)
-        return ray.get([task.remote(step, shard, cwd, args.threads_per_shard) for shard in shards])
+        return ray.get([task.remote(step, shard, cwd) for shard in shards])
     finally:
         ray.shutdown()
 
 
-def _run_submitit(step: str, shards, cwd: str, args) -> list[str | None]:
+def _run_submitit(step: str, shards, cwd: str, threads: int, args) -> list[str | None]:
     try:
         import submitit
     except ImportError:
         raise UsageError("--launcher slurm needs the submitit package: pip install submitit") from None
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
     executor = submitit.AutoExecutor(folder=args.slurm_logs, cluster=args.submitit_cluster)
-    parameters = {"timeout_min": args.slurm_time, "cpus_per_task": args.threads_per_shard}
+    parameters = {"timeout_min": args.slurm_time, "cpus_per_task": threads}
     if args.submitit_cluster == "slurm":
         parameters.update(slurm_mem=f"{args.slurm_mem}G", slurm_gpus_per_node=args.slurm_gpus or None)
         if args.slurm_partition:
             parameters["slurm_partition"] = args.slurm_partition
     executor.update_parameters(**{key: value for key, value in parameters.items() if value is not None})
-    jobs = executor.map_array(run_shard, [step] * len(shards), shards, [cwd] * len(shards), _threads(args))
+    jobs = executor.map_array(run_shard, [step] * len(shards), shards, [cwd] * len(shards))
     results = []
     for job in jobs:
         try:
