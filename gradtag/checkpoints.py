@@ -47,8 +47,13 @@ def load_weights(path: str | Path) -> dict:
     return state
 
 
+def state_fingerprint(state: dict) -> str:
+    """A short hash of a state dict's weights (names, dtypes, shapes, values): what :func:`weights_fingerprint` gives
+    for the ``model.pt`` it was saved to, so a step that has already loaded a checkpoint need not read it again."""
+    return fingerprint(*(part for name in sorted(state) for part in (name, state[name].detach().cpu().numpy())))
+
+
 def weights_fingerprint(path: str | Path) -> str:
-    """A short hash of the weights in a ``model.pt`` (names, dtypes, shapes, values), not of the file's bytes:
-    an identical retrain gives the same fingerprint, so resumable artifacts made from it stay valid."""
-    state = load_weights(path)
-    return fingerprint(*(part for name in sorted(state) for part in (name, state[name].numpy())))
+    """A short hash of the weights in a ``model.pt``, not of the file's bytes: an identical retrain gives the same
+    fingerprint, so resumable artifacts made from it stay valid."""
+    return state_fingerprint(load_weights(path))

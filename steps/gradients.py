@@ -31,7 +31,7 @@ from gradtag.artifacts import (
     save_npy,
     write_json,
 )
-from gradtag.checkpoints import gradient_file, gradients_dir, weights_fingerprint
+from gradtag.checkpoints import gradient_file, gradients_dir, state_fingerprint
 from gradtag.flops import count_flops, format_flops
 from gradtag.gradients import collect_projected_gradients, flat_params, num_trainable_params
 from gradtag.health import base_verdict
@@ -135,7 +135,7 @@ def run(job: GradientJob) -> None:
         "dataset_fingerprint": dataset.fingerprint,
         "dataset_options": checkpoint_config["dataset_options"],
         "task_names": dataset.task_names,
-        "checkpoint_fingerprint": weights_fingerprint(checkpoint / "model.pt"),
+        "checkpoint_fingerprint": state_fingerprint(model.state_dict()),
         "checkpoint_seed": checkpoint_config["seed"],
         "training": checkpoint_config["training"],
         "projection": projector.spec(),
@@ -155,13 +155,12 @@ def run(job: GradientJob) -> None:
             config_path, {**identity, **where, "base_norm": base_norm, "versions": package_versions(), "args": job.record()}
         )
 
-    tasks = shard_tasks
     with exclusive_lock(cost_path, f"shard {job.shard_id} of {job.num_shards} of {folder}"):
-        todo = [task for task in tasks if not task_done(folder, task, job.splits)]
-        seconds, total_flops = collect_tasks(job, dataset, model, projector, folder, tasks, set(todo), device, cost_path)
+        todo = [task for task in shard_tasks if not task_done(folder, task, job.splits)]
+        seconds, total_flops = collect_tasks(job, dataset, model, projector, folder, shard_tasks, set(todo), device, cost_path)
     print(
         f"projected gradients (p={projector.num_params} -> d={job.project_dim}) of {len(todo)} tasks "
-        f"({len(tasks) - len(todo)} already done) in {seconds:.1f}s ({format_flops(total_flops)}); wrote {folder}"
+        f"({len(shard_tasks) - len(todo)} already done) in {seconds:.1f}s ({format_flops(total_flops)}); wrote {folder}"
     )
 
 

@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 
 from data import load_dataset
 from gradtag.artifacts import UsageError, package_versions, read_config, write_json
-from gradtag.checkpoints import weights_fingerprint
+from gradtag.checkpoints import state_fingerprint
 from gradtag.gradients import flat_params
 from gradtag.subsets import sample_subsets
 from gradtag.taylor import METRICS, taylor_residuals, validation_pairs
@@ -117,7 +117,7 @@ def run(job: TaylorJob) -> dict:
         "dataset": dataset.name,
         "dataset_fingerprint": dataset.fingerprint,
         "checkpoint": str(checkpoint),
-        "checkpoint_fingerprint": weights_fingerprint(checkpoint / "model.pt"),
+        "checkpoint_fingerprint": state_fingerprint(base_model.state_dict()),
         "num_params": int(base_params.numel()),
         "subsets": subsets,
         "steps": steps,

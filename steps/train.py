@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from data import dataset_options, load_dataset
 from gradtag.artifacts import UsageError, check_compatible, exclusive_lock, package_versions, read_json, write_json
-from gradtag.checkpoints import checkpoint_dir, run_name, weights_fingerprint
+from gradtag.checkpoints import checkpoint_dir, run_name, state_fingerprint
 from gradtag.flops import SampledFlops, format_flops
 from gradtag.gradients import flat_params, relative_distance
 from gradtag.health import assess_base, format_health, task_gradient_norms
@@ -217,9 +217,7 @@ def fine_tuning_start(job, dataset, device, options: dict) -> tuple[list[tuple[i
         base_options = base_config_json["model_options"]
         seed = base_config_json["seed"] if len(job.init_from) > 1 else job.seed
         starts.append((seed, {key: value.clone() for key, value in base.state_dict().items()}))
-        identities.append(
-            {"init_from": str(folder), "init_fingerprint": weights_fingerprint(Path(folder) / "model.pt"), "seed": seed}
-        )
+        identities.append({"init_from": str(folder), "init_fingerprint": state_fingerprint(base.state_dict()), "seed": seed})
     seeds = [seed for seed, _ in starts]
     if len(set(seeds)) != len(seeds):
         raise UsageError(f"--init-from checkpoints share a seed ({seeds}); pass bases of different seeds")
