@@ -140,29 +140,27 @@ def check_folders(folders: list[Path]) -> list[dict]:
 
 
 def one_off_cost(folders: list[Path], configs: list[dict]) -> dict:
-    """Seconds and FLOPs spent before step 3 on the base models: training θ* (step 1) and projecting gradients (step 2).
+    """Wall and CPU seconds and FLOPs spent before step 3 on the base models: training θ* (step 1) and projecting
+    gradients (step 2).
 
     Read from each checkpoint's metrics.json and each gradient folder's cost_shard*.json; None when either is missing
     or predates cost records.
     """
-    unknown = {"seconds": None, "flops": None, "cpu_seconds": None}
-    seconds, flops, cpu_seconds = 0.0, 0, 0.0
+    costs = []
     for folder, config in zip(folders, configs, strict=True):
         training = Path(config["checkpoint"]) / "metrics.json"
         shards = sorted(folder.glob("cost_shard*.json"))
         if not training.is_file() or not shards:
-            return unknown
-        costs = [read_json(path) for path in (training, *shards)]
-        if any("flops" not in cost for cost in costs):
-            return unknown
-        seconds += sum(cost["seconds"] for cost in costs)
-        flops += sum(cost["flops"] for cost in costs)
-        cpu_seconds = (
-            None
-            if cpu_seconds is None or any("cpu_seconds" not in c for c in costs)
-            else cpu_seconds + sum(cost["cpu_seconds"] for cost in costs)
-        )
-    return {"seconds": seconds, "flops": flops, "cpu_seconds": cpu_seconds}
+            return {"seconds": None, "flops": None, "cpu_seconds": None}
+        costs += [read_json(path) for path in (training, *shards)]
+    if any("flops" not in cost for cost in costs):
+        return {"seconds": None, "flops": None, "cpu_seconds": None}
+    cpu_known = all("cpu_seconds" in cost for cost in costs)  # records written before CPU seconds were kept lack it
+    return {
+        "seconds": sum(cost["seconds"] for cost in costs),
+        "flops": sum(cost["flops"] for cost in costs),
+        "cpu_seconds": sum(cost["cpu_seconds"] for cost in costs) if cpu_known else None,
+    }
 
 
 def linearized_scores(data: dict, subsets, weights: np.ndarray) -> dict:
