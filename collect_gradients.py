@@ -18,7 +18,8 @@ import dataclasses
 
 from gradtag.artifacts import read_config, run_main
 from gradtag.checks import POSITIVE_INT, ArgumentParser
-from gradtag.projection import KINDS
+from gradtag.gradients import GRADIENT_METHODS
+from gradtag.projection import PROJECTIONS
 from steps.cli import add_folder_args, add_run_args, add_strict_arg
 from steps.gradients import GRADIENT_SPLITS, GradientJob, check_job, output_folder, remove_step_files, run
 from steps.launch import add_launcher_args, launch
@@ -30,7 +31,24 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--checkpoint", required=True, help="step-1 checkpoint folder, e.g. saved/planted/all_seed0")
     parser.add_argument("--data-dir", default=None, help="where the dataset's files are, if not where step 1 found them")
     parser.add_argument("--project-dim", type=POSITIVE_INT, default=200, help="d, the projected dimension (paper: about 200)")
-    parser.add_argument("--projection", default="gaussian", choices=KINDS, help="JL entries: N(0, 1/d) or ±1/sqrt(d)")
+    parser.add_argument(
+        "--projection",
+        default="gaussian",
+        choices=PROJECTIONS,
+        help="P: dense JL with N(0, 1/d) or ±1/sqrt(d) entries, or 'kronecker' (a sketch per weight matrix, then a "
+        "small dense JL map; much cheaper at paper size, less accurate: README, 'Step 2 at paper size')",
+    )
+    parser.add_argument(
+        "--kronecker-rank", type=POSITIVE_INT, default=16, help="with --projection kronecker: sketch width per side r"
+    )
+    parser.add_argument(
+        "--method",
+        default="factored",
+        choices=GRADIENT_METHODS,
+        help="how per-pair gradients are formed (same numbers up to float rounding): 'factored' contracts P with each "
+        "layer's input once per node (fastest; linear layers and batch norm only), 'shared' forms each pair's "
+        "gradient from one forward per node, 'per_pair' runs one forward per pair",
+    )
     parser.add_argument(
         "--splits",
         nargs="+",

@@ -75,6 +75,9 @@ def get_args_parser() -> argparse.ArgumentParser:
         default=list(fit_linear_estimates.L2_GRID),
         help="λ values the calibration tries (fit_linear_estimates.py --l2-grid)",
     )
+    parser.add_argument(
+        "--kronecker-ranks", nargs="+", type=int, default=[16, 4], help="ranks of the structured-projection rows (d = 200)"
+    )
     parser.add_argument("--k", type=int, default=5, help="groups for the ARI of estimated against true T")
     parser.add_argument("--threads", type=int, default=1, help="torch and BLAS threads")
     parser.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"], help="device of every step")
@@ -94,8 +97,9 @@ class Work:
     def base(self, seed: int) -> Path:
         return self.root / "saved" / self.dataset / f"all_seed{seed}"
 
-    def gradients(self, seed: int, dim: int) -> Path:
-        return self.root / "gradients" / f"all_seed{seed}_d{dim}"
+    def gradients(self, seed: int, dim: int, kronecker_rank: int | None = None) -> Path:
+        suffix = "" if kronecker_rank is None else f"_kronecker{kronecker_rank}"
+        return self.root / "gradients" / f"all_seed{seed}_d{dim}{suffix}"
 
     def subsets(self, m: int) -> Path:
         return self.root / "sampled_tasks" / f"subsets_m{m}.txt"
@@ -119,6 +123,10 @@ def prepare(args, work: Work, data: list[str], model: list[str]) -> None:
         for dim in sorted(set(args.dims) | {200}) if seed == 0 else [200]:
             flags = ["--checkpoint", str(work.base(seed)), "--project-dim", str(dim), "--out", str(work.gradients(seed, dim))]
             step(args, work, collect_gradients, [*flags, *common])
+    for rank in args.kronecker_ranks:  # the structured projection, base 0 at d = 200
+        flags = ["--checkpoint", str(work.base(0)), "--out", str(work.gradients(0, 200, rank))]
+        flags += ["--projection", "kronecker", "--kronecker-rank", str(rank)]
+        step(args, work, collect_gradients, [*flags, *common])
     largest, smallest = max(args.subsets), min(args.subsets)
     sampled = [(work.subsets(largest), largest, 0), (work.calibration_subsets, args.calibrate, 1)]
     for path, count, seed in sampled:
@@ -156,6 +164,16 @@ def truth_rows(work: Work, m: int, bases: int, smallest: int) -> list[dict]:
     return rows
 
 
+def truth_seconds(work: Work, m: int, bases: int, smallest: int, trained_bases: int) -> float:
+    """Wall seconds the fine-tuned truth took on the first ``m`` subsets from ``bases`` θ*s (from its sidecars,
+    assuming every subset costs the same)."""
+    seconds = read_json(work.results / "truth_all_bases.json")["seconds"] * bases / trained_bases
+    if m > smallest:
+        rest = len(read_subsets(work.root / "sampled_tasks" / "rest.txt", 10**9))
+        seconds += read_json(work.results / "truth_rest.json")["seconds"] * (m - smallest) / rest
+    return seconds
+
+
 def calibration_file(work: Work, bases: int) -> Path:
     """The calibration truth restricted to bases 0 .. bases−1 (a CSV with its sidecar, for ``--calibrate-with``)."""
     path = work.results / f"calibration_M{bases}.csv"
@@ -183,6 +201,7 @@ def settings(args) -> list[dict]:
     rows += [{**default, "label": f"m = {m}", "m": m} for m in args.subsets if m != default["m"]]
     both = ["--calibrate-solvers", "exact-step", "newton-cg"]  # what the scripts do
     rows += [{**default, "label": f"solver and λ calibrated, M = {M}", "M": M, "flags": both} for M in args.ms]
+    rows += [{**default, "label": f"Kronecker projection, rank {r}", "kronecker": r} for r in args.kronecker_ranks]
     # each row keeps its index in the full list: estimates are cached by it (row<index>), --only or not
     return [{**row, "index": index} for index, row in enumerate(rows) if args.only is None or row["label"] in args.only]
 
@@ -190,7 +209,7 @@ def settings(args) -> list[dict]:
 def estimate(args, work: Work, row: dict, index: int) -> tuple[list[dict], dict, float]:
     """Run step 3 for one setting; returns its rows, sidecar and the CPU seconds of the call."""
     name = f"row{index}"
-    gradients = [str(work.gradients(seed, row["d"] if seed == 0 else 200)) for seed in range(row["M"])]
+    gradients = [str(work.gradients(seed, row["d"] if seed == 0 else 200, row.get("kronecker"))) for seed in range(row["M"])]
     if row["d"] != 200 and row["M"] > 1:
         raise ValueError("a setting changes one thing: d with M = 1")
     argv = ["--gradients", *gradients, "--subsets-file", str(work.subsets(row["m"])), "--name", name]
@@ -250,6 +269,7 @@ def main(args: argparse.Namespace) -> None:
         result["split_half"] = split_half_reliability(score_records(truth, "loss"), num_tasks).rows_full
         result["partner_effect"] = partner_effects(score_records(truth, "loss"), num_tasks).share_significant
         result["truth_distance"] = distance_summary(truth)["median"]
+        result["truth_seconds"] = truth_seconds(work, row["m"], row["M"], smallest, args.bases)
         result.update(label=row["label"], l2=meta["l2"], seconds=meta["seconds"], cpu=cpu)
         table.append(result)
     write_json(work.root / "levers.json", table)
@@ -267,9 +287,10 @@ def print_table(table: list[dict], args) -> None:
     )
     print(
         "| setting | λ | per-task ρ subsets (loss / F1) | per-task ρ rows of T (loss / F1) | distance row-centred (loss) "
-        "| ARI est. vs true T | θ* ceiling ρ | truth split-half ρ rows | step 3 s (wall) | CPU s (call) |"
+        "| ARI est. vs true T | θ* ceiling ρ | truth split-half ρ rows | step 3 s (wall) | CPU s (call) "
+        "| truth s (wall) | truth ÷ step 3 |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for row in table:
         loss, f1 = row["loss"], row["f1"]
         ceiling = "–" if row["ceiling"] is None else f"{row['ceiling']:.3f}"
@@ -277,7 +298,8 @@ def print_table(table: list[dict], args) -> None:
             f"| {row['label']} | {row['l2']:g} | {loss['spearman_per_task_subsets']:.3f} / {f1['spearman_per_task_subsets']:.3f} "
             f"| {loss['spearman_per_task_rows']:.3f} / {f1['spearman_per_task_rows']:.3f} "
             f"| {loss['relative_distance_row_centered']:.3f} | {row['ari']:.3f} | {ceiling} | {row['split_half']:.3f} "
-            f"| {row['seconds']:.2f} | {row['cpu']:.1f} |"
+            f"| {row['seconds']:.2f} | {row['cpu']:.1f} | {row['truth_seconds']:.1f} "
+            f"| {row['truth_seconds'] / row['seconds']:.0f}x |"
         )
 
 

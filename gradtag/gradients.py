@@ -21,7 +21,9 @@ from torch import nn
 from torch.func import functional_call, grad, jvp, vjp, vmap
 from tqdm.auto import tqdm
 
-from gradtag.projection import Projector
+from gradtag.projection import KroneckerProjector, Projector
+
+GRADIENT_METHODS = ("factored", "shared", "per_pair")
 
 
 # ---------------------------------------------------------------------------------------------------------- parameters
@@ -164,6 +166,89 @@ def output_gradients_multi(model: nn.Module, x: torch.Tensor, tasks: torch.Tenso
     return [grads[name] for name in params], out
 
 
+def _parameter_owners(model: nn.Module) -> list[tuple[nn.Module, str]]:
+    """(module, "weight" | "bias") owning each trainable parameter, in ``named_parameters()`` order; raises
+    ValueError for a parameter outside ``nn.Linear`` and eval-mode batch norm with running statistics (whose
+    per-sample gradients are not a function of the layer's own input and error alone)."""
+    owners = {}
+    for module_name, module in model.named_modules():
+        for role, param in module.named_parameters(recurse=False):
+            if not param.requires_grad:
+                continue
+            supported = isinstance(module, nn.Linear) or (
+                isinstance(module, nn.modules.batchnorm._BatchNorm) and module.track_running_stats
+            )
+            if not supported:
+                raise ValueError(
+                    f"parameter {module_name}.{role} belongs to a {type(module).__name__}: the factored gradients "
+                    "support nn.Linear and batch norm with running statistics; use method='shared'"
+                )
+            owners[id(param)] = (module, role)
+    return [owners[id(param)] for param in model.parameters() if param.requires_grad]
+
+
+def output_gradient_factors(
+    model: nn.Module, x: torch.Tensor, tasks: torch.Tensor
+) -> tuple[list[torch.Tensor | tuple[torch.Tensor, torch.Tensor]], torch.Tensor]:
+    """∇θ logit_{tasks[b, k]}(x[b]; θ) in factored form, for ``Projector.project_layers`` (see gradtag.projection).
+
+    One forward pass of the batch records each layer's input a and output; K backward passes (one per column of
+    ``tasks``, each the sum over samples of the chosen logits: samples do not interact in eval mode) give each
+    layer's error δ = ∂logit/∂output per (sample, task). A linear layer's weight gradient is then δ ⊗ a (returned as
+    the pair, never formed), its bias gradient δ; batch norm's are δ·â and δ with â the normalised input.
+
+    Args:
+        model: every trainable parameter in an ``nn.Linear`` or a batch norm (each called once per forward).
+        x: (B, ...) model input; tasks: (B, K) int64 task indices.
+
+    Returns:
+        ``(parts, logits)``: per trainable parameter in ``named_parameters()`` order either ``(inputs (B, in),
+        errors (B, K, out))`` (a linear weight on 2-D inputs) or the gradient (B, K, *shape); and logits (B, T).
+    """
+    owners = _parameter_owners(model)
+    modules = list(dict.fromkeys(module for module, _ in owners))
+    inputs, outputs = {}, {}
+
+    def record(module, args, output):
+        if module in outputs:
+            raise ValueError(f"{type(module).__name__} is called twice in one forward pass; use method='shared'")
+        inputs[module], outputs[module] = args[0].detach(), output
+
+    handles = [module.register_forward_hook(record) for module in modules]
+    try:
+        with eval_mode(model), torch.enable_grad():
+            logits = model(x)
+            chosen = logits.gather(1, tasks)  # (B, K)
+            errors = {module: [] for module in modules}
+            for k in range(tasks.shape[1]):
+                grads = torch.autograd.grad(
+                    chosen[:, k].sum(), [outputs[m] for m in modules], retain_graph=True, allow_unused=True
+                )
+                for module, grad_out in zip(modules, grads, strict=True):
+                    errors[module].append(torch.zeros_like(outputs[module]) if grad_out is None else grad_out)
+    finally:
+        for handle in handles:
+            handle.remove()
+    errors = {module: torch.stack(values, dim=1).detach() for module, values in errors.items()}  # (B, K, out)
+    parts = []
+    for module, role in owners:
+        error, given = errors[module], inputs[module]
+        if isinstance(module, nn.Linear):
+            if role == "bias":
+                parts.append(error if error.dim() == 3 else error.sum(dim=tuple(range(2, error.dim() - 1))))
+            elif given.dim() == 2:
+                parts.append((given, error))
+            else:  # a sequence input (B, ..., in): the weight gradient sums over positions
+                parts.append(torch.einsum("bk...o,b...i->bkoi", error, given))
+        else:
+            if role == "bias":
+                parts.append(error)
+            else:
+                normalised = (given - module.running_mean) / torch.sqrt(module.running_var + module.eps)
+                parts.append(error * normalised.unsqueeze(1))
+    return parts, logits.detach()
+
+
 # ---------------------------------------------------------------------------------------------------------- collection
 def _as_index(values, name: str) -> np.ndarray:
     array = values.detach().cpu().numpy() if isinstance(values, torch.Tensor) else np.asarray(values)
@@ -203,11 +288,11 @@ def collect_projected_gradients(
     model: nn.Module,
     features: torch.Tensor | np.ndarray,
     pairs: tuple[Sequence[int], Sequence[int]],
-    projector: Projector,
+    projector: Projector | KroneckerProjector,
     batch_size: int = 64,
     device: torch.device | str = "cpu",
     progress: bool = True,
-    shared_forward: bool = True,
+    method: str = "factored",
     desc: str = "gradients",
 ) -> tuple[np.ndarray, np.ndarray]:
     """Projected output gradients g = Pᵀ ∇θ logit_j(x_n; θ*) for a list of (node n, task j) pairs (Alg. 1, lines 2-4).
@@ -220,8 +305,11 @@ def collect_projected_gradients(
         batch_size: nodes per vmap call; each brings all of its K pairs, so a call holds b·K·p gradient entries.
         device: where gradients and projections are computed.
         progress: show a tqdm bar (``desc``) counting pairs.
-        shared_forward: forward each node once for all its tasks (:func:`output_gradients_multi`); ``False`` runs
-            one forward per pair (:func:`output_gradients`), which gives the same numbers.
+        method: one of :data:`GRADIENT_METHODS`, all giving the same numbers up to float rounding:
+            ``"factored"`` (:func:`output_gradient_factors`: one forward per node, layer inputs contracted with P
+            once per node, errors once per pair; the default, needs linear layers and batch norm only),
+            ``"shared"`` (:func:`output_gradients_multi`: one forward per node, full per-pair gradients, then
+            projected), ``"per_pair"`` (:func:`output_gradients`: one forward per pair).
 
     Returns:
         ``(gradients, logits)``: (N, d) float32 projected gradients and (N,) float32 logits logit_j(x_n; θ*), both
@@ -232,6 +320,8 @@ def collect_projected_gradients(
         raise ValueError(f"node_index {node_index.shape} and task_index {task_index.shape} differ in shape")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if method not in GRADIENT_METHODS:
+        raise ValueError(f"unknown gradient method {method!r}; choose from {GRADIENT_METHODS}")
     num_params = num_trainable_params(model)
     if projector.num_params != num_params:
         raise ValueError(f"projector has num_params={projector.num_params} but the model has {num_params} trainable")
@@ -249,9 +339,13 @@ def collect_projected_gradients(
     for nodes, positions in group_pairs_by_node(node_index, batch_size):
         x = features[torch.as_tensor(nodes)].to(device=device, dtype=dtype)
         tasks = torch.as_tensor(task_index[positions], device=x.device)
-        if shared_forward:
+        if method == "factored":
+            parts, out = output_gradient_factors(model, x, tasks)
+            projected = projector.project_layers(parts).flatten(0, 1)
+            batch_logits = out.gather(1, tasks).reshape(-1)
+        elif method == "shared":
             grads, out = output_gradients_multi(model, x, tasks)
-            flat = [g.flatten(0, 1) for g in grads]  # (b, K, *shape) -> (b * K, *shape), a view
+            projected = projector.project([g.flatten(0, 1) for g in grads])  # (b, K, *shape) -> (b * K, *shape)
             batch_logits = out.gather(1, tasks).reshape(-1)
         else:
             x_pairs = x.repeat_interleave(tasks.shape[1], dim=0)
@@ -260,8 +354,9 @@ def collect_projected_gradients(
                 params, constants = _state(model, x.device)
                 out = functional_call(model, (params, constants), (x_pairs,))
             batch_logits = out.gather(1, tasks.reshape(-1, 1)).reshape(-1)
+            projected = projector.project(flat)
         target = positions.reshape(-1)
-        gradients[target] = projector.project(flat).float().cpu().numpy()
+        gradients[target] = projected.float().cpu().numpy()
         logits[target] = batch_logits.detach().float().cpu().numpy()
         bar.update(len(target))
     bar.close()

@@ -36,7 +36,7 @@ from gradtag.exact_step import ExactStep
 from gradtag.flops import count_flops, format_flops
 from gradtag.gradients import flat_params, set_flat_params, taylor_logits
 from gradtag.health import base_verdict
-from gradtag.projection import Projector
+from gradtag.projection import projector_from_spec
 from gradtag.regression import BATCH_SIZE, SOLVERS, fit_subsets, prepare_tasks
 from gradtag.regression import linearized_scores as regression_scores
 from gradtag.results import read_results, read_subsets, subset_key, write_results
@@ -184,7 +184,7 @@ def network_scores(config: dict, subsets, weights: np.ndarray, mode: str, device
     f(θ*) + ∇f·Δ_S + ½ Δ_Sᵀ∇²f Δ_S (Remark 3.1; exact directional derivatives, no projection of the curvature).
     """
     dataset, model = load_base(config, device, data_dir)
-    projector = Projector.from_spec(config["projection"])
+    projector = projector_from_spec(config["projection"])
     base = flat_params(model).detach().clone()
     scores = {}
     for index, subset in enumerate(tqdm(subsets, desc=f"{mode} eval", disable=not progress)):
@@ -213,7 +213,7 @@ def estimate_distances(config: dict, weights: np.ndarray, chunk: int) -> np.ndar
     base_norm = config.get("base_norm")
     if not base_norm:
         return np.full(len(weights), np.nan)
-    projector = Projector.from_spec(config["projection"])
+    projector = projector_from_spec(config["projection"])
     norms = [
         projector.expand(torch.as_tensor(weights[start : start + chunk].T, dtype=torch.float64)).norm(dim=0).numpy()
         for start in range(0, len(weights), chunk)

@@ -33,9 +33,9 @@ from gradtag.artifacts import (
 )
 from gradtag.checkpoints import gradient_file, gradients_dir, state_fingerprint
 from gradtag.flops import count_flops, format_flops
-from gradtag.gradients import collect_projected_gradients, flat_params, num_trainable_params
+from gradtag.gradients import collect_projected_gradients, flat_params, trainable_parameters
 from gradtag.health import base_verdict
-from gradtag.projection import Projector
+from gradtag.projection import make_projector
 from gradtag.training import load_checkpoint
 from steps.cli import job_from_flags, parse_tasks, resolve_device, use_threads
 from steps.partition import check_shard, shard_indices
@@ -52,6 +52,8 @@ class GradientJob:
     data_dir: str | None = None
     project_dim: int = 200
     projection: str = "gaussian"
+    kronecker_rank: int = 16
+    method: str = "factored"
     splits: tuple[str, ...] = ("train", "val")
     tasks: str = "all"
     batch_size: int = 256
@@ -124,7 +126,8 @@ def run(job: GradientJob) -> None:
     verdict = base_verdict(checkpoint, job.strict)  # before anything is written: --strict refuses a degenerate θ*
     if verdict:
         print(verdict, file=sys.stderr)
-    projector = Projector(num_trainable_params(model), job.project_dim, job.seed, kind=job.projection)
+    shapes = [param.shape for param in trainable_parameters(model).values()]
+    projector = make_projector(job.projection, shapes, job.project_dim, job.seed, rank=job.kronecker_rank)
     all_tasks = parse_tasks(job.tasks, dataset.num_tasks)
     shard_tasks = [all_tasks[index] for index in shard_indices(len(all_tasks), job.num_shards, job.shard_id)]
     folder = output_folder(job, dataset.name)
@@ -189,6 +192,7 @@ def collect_tasks(
                 projector,
                 batch_size=job.batch_size,
                 device=device,
+                method=job.method,
                 progress=not job.no_progress,
                 desc=f"gradients tasks {chunk[0]}..{chunk[-1]}",
             )

@@ -57,4 +57,17 @@ def test_cholesky_and_the_in_place_projection_are_counted():
     gradients = torch.randn(5, 300)
     with count_flops() as projection:
         projector.project([gradients])
-    assert projection.total >= 2 * 5 * 300 * 8  # the products with P, block by block
+    assert projection.total == 2 * 5 * 300 * 8  # 2 · rows · p · d: the products with P, block by block
+
+
+def test_factored_projection_counts_the_per_sample_and_per_pair_products():
+    """Pᵀ(δ ⊗ a) as (Pᵀa per sample) then δ per pair: 2·b·in·out·d + 2·b·K·out·d, plus 2·b·K·out·d for the bias."""
+    from gradtag.projection import Projector
+
+    batch, count, width_in, width_out, dim = 5, 3, 30, 20, 8
+    projector = Projector(width_in * width_out + width_out, dim, seed=0)
+    inputs, errors = torch.randn(batch, width_in), torch.randn(batch, count, width_out)
+    with count_flops() as factored:
+        projector.project_layers([(inputs, errors), errors])
+    per_sample, per_pair = 2 * batch * width_in * width_out * dim, 2 * batch * count * width_out * dim
+    assert factored.total == per_sample + 2 * per_pair

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from gradtag.gradients import (
+    GRADIENT_METHODS,
     collect_projected_gradients,
     flat_params,
     group_pairs_by_node,
@@ -15,7 +16,7 @@ from gradtag.gradients import (
     set_flat_params,
     taylor_logits,
 )
-from gradtag.projection import Projector
+from gradtag.projection import KroneckerProjector, Projector
 from models import build_model
 
 IN_DIM, NUM_HOPS, NUM_TASKS, NUM_NODES, PROJECT_DIM = 8, 3, 6, 20, 16
@@ -110,16 +111,21 @@ def test_frozen_parameters_are_skipped():
     torch.testing.assert_close(flat[1], reference_gradient(model, x[1], 1))
 
 
-@pytest.mark.parametrize("shared_forward", [True, False])
+@pytest.mark.parametrize("kind", ["gaussian", "kronecker"])
+@pytest.mark.parametrize("method", GRADIENT_METHODS)
 @pytest.mark.parametrize("batch_norm", [False, True])
-def test_collect_projected_gradients_matches_reference(batch_norm, shared_forward):
+def test_collect_projected_gradients_matches_reference(batch_norm, method, kind):
+    """Every gradient method, with the dense and the structured projector, equals Pᵀ · (autograd gradient)."""
     model = tiny_sign(batch_norm)
     x = node_features()
     nodes, tasks = pairs_fixture()
-    projector = Projector(num_trainable_params(model), PROJECT_DIM, seed=3, block_rows=50, chunk_rows=32)
+    if kind == "kronecker":
+        projector = KroneckerProjector([p.shape for p in model.parameters()], PROJECT_DIM, seed=3, rank=3)
+    else:
+        projector = Projector(num_trainable_params(model), PROJECT_DIM, seed=3, block_rows=50, chunk_rows=32)
     matrix = projector.matrix(dtype=torch.float64)
     projected, logits = collect_projected_gradients(
-        model, x, (nodes, tasks), projector, batch_size=2, progress=False, shared_forward=shared_forward
+        model, x, (nodes, tasks), projector, batch_size=2, progress=False, method=method
     )
     assert projected.shape == (len(nodes), PROJECT_DIM) and projected.dtype == np.float32
     assert logits.shape == (len(nodes),) and logits.dtype == np.float32
@@ -132,16 +138,32 @@ def test_collect_projected_gradients_matches_reference(batch_norm, shared_forwar
         assert logits[i] == pytest.approx(all_logits[node, task].item(), rel=1e-5, abs=1e-6)
 
 
-def test_shared_and_simple_paths_agree_in_float32():
+@pytest.mark.parametrize("method", ["factored", "shared"])
+def test_paths_agree_in_float32(method):
     model = tiny_sign(batch_norm=True, dtype=torch.float32)
     x = node_features(torch.float32)
     rng = np.random.default_rng(0)
     nodes, tasks = rng.integers(0, NUM_NODES, 60), rng.integers(0, NUM_TASKS, 60)
     projector = Projector(num_trainable_params(model), PROJECT_DIM, seed=0)
-    shared = collect_projected_gradients(model, x, (nodes, tasks), projector, batch_size=5, progress=False)
-    simple = collect_projected_gradients(model, x, (nodes, tasks), projector, batch_size=7, progress=False, shared_forward=False)
-    np.testing.assert_allclose(shared[0], simple[0], rtol=1e-4, atol=1e-5)
-    np.testing.assert_allclose(shared[1], simple[1], rtol=1e-5, atol=1e-6)
+    fast = collect_projected_gradients(model, x, (nodes, tasks), projector, batch_size=5, progress=False, method=method)
+    simple = collect_projected_gradients(model, x, (nodes, tasks), projector, batch_size=7, progress=False, method="per_pair")
+    np.testing.assert_allclose(fast[0], simple[0], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(fast[1], simple[1], rtol=1e-5, atol=1e-6)
+
+
+def test_factored_gradients_skip_frozen_parameters_and_refuse_unsupported_layers():
+    model = tiny_sign(batch_norm=True)
+    model.hops[0][0].weight.requires_grad_(False)
+    x = node_features()
+    nodes, tasks = pairs_fixture()
+    projector = Projector(num_trainable_params(model), PROJECT_DIM, seed=1)
+    factored = collect_projected_gradients(model, x, (nodes, tasks), projector, progress=False, method="factored")
+    reference = collect_projected_gradients(model, x, (nodes, tasks), projector, progress=False, method="per_pair")
+    np.testing.assert_allclose(factored[0], reference[0], rtol=1e-5, atol=1e-6)
+    model.hops[0].append(torch.nn.LayerNorm(model.hops[0][0].out_features, dtype=torch.float64))
+    projector = Projector(num_trainable_params(model), PROJECT_DIM, seed=1)
+    with pytest.raises(ValueError, match="LayerNorm"):
+        collect_projected_gradients(model, x, (nodes, tasks), projector, progress=False, method="factored")
 
 
 def test_flat_params_round_trip():

@@ -99,3 +99,56 @@ def test_cache_respects_budget():
 def test_rejects_bad_arguments(bad):
     with pytest.raises(ValueError):
         make(**bad)
+
+
+# ---------------------------------------------------------------------------------------------------- structured
+SHAPES = [(40, 30), (40,), (6, 40), (6,)]
+
+
+def test_kronecker_products_match_its_matrix_and_the_spec_rebuilds_it():
+    from gradtag.projection import KroneckerProjector, projector_from_spec
+
+    projector = KroneckerProjector(SHAPES, PROJECT_DIM, seed=2, rank=6)
+    matrix = projector.matrix(dtype=torch.float64)
+    assert matrix.shape == (projector.num_params, PROJECT_DIM)
+    grads = [torch.randn(7, *shape, dtype=torch.float64) for shape in SHAPES]
+    flat = torch.cat([g.flatten(1) for g in grads], dim=1)
+    torch.testing.assert_close(projector.project(grads), flat @ matrix)
+    torch.testing.assert_close(projector.project(flat), flat @ matrix)
+    w = torch.randn(PROJECT_DIM, 3, dtype=torch.float64)
+    torch.testing.assert_close(projector.expand(w), matrix @ w)
+    torch.testing.assert_close(projector.expand(w[:, 0]), matrix @ w[:, 0])
+    rebuilt = projector_from_spec(projector.spec())
+    assert torch.equal(rebuilt.matrix(), projector.matrix())
+    assert not torch.equal(KroneckerProjector(SHAPES, PROJECT_DIM, seed=3, rank=6).matrix(), projector.matrix())
+    # a side no wider than the rank is kept whole: the (6, 40) layer keeps its 6 outputs
+    assert projector.sketch_sizes == [36, 40, 36, 6]
+
+
+@pytest.mark.parametrize("structured", [False, True])
+def test_factored_projection_equals_projecting_the_outer_products(structured):
+    """project_layers((a, δ)) = Pᵀ vec(δ aᵀ): the per-node factoring is exact with the same P."""
+    from gradtag.projection import KroneckerProjector
+
+    if structured:
+        projector = KroneckerProjector(SHAPES, PROJECT_DIM, seed=0, rank=5)
+    else:
+        projector = Projector(sum(math.prod(shape) for shape in SHAPES), PROJECT_DIM, 0, block_rows=333, chunk_rows=64)
+    matrix = projector.matrix(dtype=torch.float64)
+    inputs = [torch.randn(4, 30, dtype=torch.float64), torch.randn(4, 40, dtype=torch.float64)]
+    errors = [torch.randn(4, 3, 40, dtype=torch.float64), torch.randn(4, 3, 6, dtype=torch.float64)]
+    parts = [(inputs[0], errors[0]), errors[0], (inputs[1], errors[1]), errors[1]]
+    outer = [errors[0].unsqueeze(-1) * inputs[0][:, None, None, :], errors[0]]
+    outer += [errors[1].unsqueeze(-1) * inputs[1][:, None, None, :], errors[1]]
+    flat = torch.cat([g.flatten(2) for g in outer], dim=2)  # (b, K, p)
+    torch.testing.assert_close(projector.project_layers(parts), flat @ matrix)
+    torch.testing.assert_close(projector.project_layers(outer), flat @ matrix)
+
+
+def test_kronecker_preserves_norms_on_average():
+    from gradtag.projection import KroneckerProjector
+
+    projector = KroneckerProjector([(64, 96)], 200, seed=0, rank=16)
+    grads = torch.randn(200, 64, 96, dtype=torch.float64)
+    ratio = projector.project([grads]).norm(dim=1) / grads.flatten(1).norm(dim=1)
+    assert abs(float((ratio**2).mean()) - 1) < 0.05 and float(ratio.std()) < 0.15
