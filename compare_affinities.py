@@ -33,7 +33,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--trained", nargs="+", required=True, help="truth CSVs from train_multitask.py --subsets-file")
     parser.add_argument("--planted", default=None, help="known grouping (groups file) to score clusterings against")
     parser.add_argument("--k", type=POSITIVE_INT, default=None, help="number of groups to cluster into (default: planted count)")
-    parser.add_argument("--scores", nargs="+", default=["loss", "f1"], choices=sorted(SCORES), help="scores to compare")
+    parser.add_argument(
+        "--scores",
+        nargs="+",
+        default=None,
+        choices=sorted(SCORES),
+        help="scores to compare (default: loss and the domain's metric: f1 for graphs, accuracy for text)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the clustering")
     parser.add_argument("--out", default=None, help="report JSON (default: beside the first truth, *_report.json)")
     parser.add_argument(

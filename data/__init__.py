@@ -1,8 +1,13 @@
 """Datasets by name: ``load_dataset(name, **options)`` gives a :class:`GraphDataset` for every script.
 
-``planted`` is the embedded default (generated, offline); ``youtube``, ``amazon``, ``dblp``, ``livejournal``, ``orkut``
-read SNAP's files; ``amazon_clare`` reads the CLARE-derived Amazon files. Options left at ``None`` take the dataset's
-own default (``DATASETS[name]["defaults"]``), so each dataset documents its settings in one place.
+Graphs (:class:`GraphDataset`): ``planted`` is the embedded default (generated, offline); ``youtube``, ``amazon``,
+``dblp``, ``livejournal``, ``orkut`` read SNAP's files; ``amazon_clare`` reads the CLARE-derived Amazon files.
+Text (:class:`~data.text.TextDataset`, one task per instruction): ``text_planted`` is the embedded text default
+(generated, offline); ``rte`` and ``wic`` read SuperGLUE JSONL from ``--data-dir`` (or the Hugging Face hub) with the
+instructions of ``--instructions``. A dataset's ``domain`` ("graph" or "text") tells the steps which model family,
+training loop and gradient collection apply. Options left at ``None`` take the dataset's own default
+(``DATASETS[name]["defaults"]``), so each dataset documents its settings in one place; an option a dataset does not
+take is refused.
 """
 
 from __future__ import annotations
@@ -17,6 +22,9 @@ import torch
 from data.graph import SPLITS, GraphDataset, build_features, make_dataset
 from data.planted import generate_planted
 from data.snap import SNAP_URL, load_snap
+from data.templates import load_instructions
+from data.text import TextDataset, build_text_dataset, load_text_splits
+from data.text_planted import load_text_default
 from gradtag.artifacts import UsageError, atomic_path, fingerprint, write_json
 from gradtag.checks import NONNEGATIVE_INT, OPEN_FRACTION, POSITIVE, POSITIVE_INT, PROBABILITY
 from gradtag.results import read_subsets, write_subsets
@@ -24,6 +32,7 @@ from gradtag.results import read_subsets, write_subsets
 # Node features are cached here (a hash of the graph and the feature options names each file); the environment
 # variable GRADTAG_CACHE_DIR moves it, e.g. to a node-local disk on a cluster.
 CACHE_ENV = "GRADTAG_CACHE_DIR"
+TEXT_KINDS = ("text", "text_planted")
 DEFAULT_CACHE_DIR = Path("datasets") / "cache"
 _SNAP_DEFAULTS = dict(num_tasks=100, train_frac=0.1, val_frac=0.2, embedding_dim=64, noise_dims=0, num_hops=3)
 
@@ -67,6 +76,20 @@ DATASETS = {
         ),
     ),
     **{name: _snap(name) for name in ("youtube", "amazon", "dblp", "livejournal", "orkut")},
+    # The embedded text default: generated sentence pairs, instructions in planted groups (data/text_planted.py).
+    "text_planted": dict(
+        kind="text_planted",
+        recommended=dict(lr=1e-3, weight_decay=0.0, batch_size=32, epochs=20, patience=4, eval_every=1),
+        defaults=dict(num_tasks=20, planted_groups=4, examples_per_task=40, eval_per_task=40, planted_seed=0),
+    ),
+    **{
+        name: dict(
+            kind="text",
+            recommended=dict(lr=1e-3, weight_decay=0.0, batch_size=32, epochs=20, patience=4, eval_every=1),
+            defaults=dict(num_tasks=None, examples_per_task=200, eval_per_task=100, instructions=None),
+        )
+        for name in ("rte", "wic")
+    },
     "amazon_clare": dict(
         kind="snap",
         defaults=_SNAP_DEFAULTS,
@@ -111,7 +134,12 @@ def dataset_spec(name: str, data_dir: str | Path | None = None) -> dict:
 
 # Flags every script shares, declared once: (flag, type, help). Defaults are per dataset (see DATASETS).
 _OPTION_FLAGS = [
-    ("num_tasks", POSITIVE_INT, "number of tasks n: the n largest communities (SNAP) or groups x tasks per group (planted)"),
+    (
+        "num_tasks",
+        POSITIVE_INT,
+        "number of tasks n: the n largest communities (SNAP), groups x tasks per group (planted), "
+        "or the first n instructions (text)",
+    ),
     ("train_frac", OPEN_FRACTION, "fraction of a community's nodes (and of the nodes outside it) used as training samples"),
     ("val_frac", OPEN_FRACTION, "fraction of the non-training nodes used for validation; the rest is test"),
     ("embedding_dim", POSITIVE_INT, "dimension of the spectral structural embedding (node features)"),
@@ -125,6 +153,9 @@ _OPTION_FLAGS = [
     ("planted_within", PROBABILITY, "planted default: share of edges inside a node's region"),
     ("planted_core_within", PROBABILITY, "planted default: share of a core node's within-region edges inside its core"),
     ("planted_seed", int, "planted default: generator seed"),
+    ("examples_per_task", POSITIVE_INT, "text: training examples each instruction draws from the training pool"),
+    ("eval_per_task", POSITIVE_INT, "text: validation and test examples each instruction draws from those pools"),
+    ("instructions", str, "text (rte, wic): promptsource YAML or JSON/JSONL file of the instructions (the tasks)"),
 ]
 OPTION_NAMES = [name for name, _, _ in _OPTION_FLAGS] + ["split_seed"]
 
@@ -154,6 +185,11 @@ def dataset_options(args: argparse.Namespace) -> dict:
 
 
 def _resolve(spec: dict, options: dict) -> dict:
+    if spec["kind"] in TEXT_KINDS:
+        return _resolve_text(spec, options)
+    graph_only = {key for key in ("examples_per_task", "eval_per_task", "instructions") if options.get(key) is not None}
+    if graph_only:
+        raise UsageError(f"--{', --'.join(sorted(k.replace('_', '-') for k in graph_only))} only apply to text datasets")
     resolved = {key: value for key, value in spec["defaults"].items()}
     resolved.update({key: value for key, value in options.items() if value is not None})
     if spec["kind"] == "planted":
@@ -176,10 +212,33 @@ def _resolve(spec: dict, options: dict) -> dict:
     return resolved
 
 
+def _resolve_text(spec: dict, options: dict) -> dict:
+    """A text dataset's options: its defaults overridden by the given ones; graph-only options are refused."""
+    given = {key for key, value in options.items() if value is not None and key != "split_seed"}
+    foreign = sorted(given - set(spec["defaults"]))
+    if foreign:
+        raise UsageError(f"--{', --'.join(k.replace('_', '-') for k in foreign)} do not apply to a text dataset")
+    resolved = {**spec["defaults"], **{key: value for key, value in options.items() if value is not None}}
+    resolved.setdefault("split_seed", 0)
+    if spec["kind"] == "text_planted" and resolved["num_tasks"] % resolved["planted_groups"]:
+        raise UsageError(
+            f"--num-tasks {resolved['num_tasks']} must be a multiple of --planted-groups {resolved['planted_groups']}"
+        )
+    return resolved
+
+
+def domain_of(name: str, data_dir: str | Path | None = None) -> str:
+    """ "text" or "graph": which model family and steps dataset ``name`` takes."""
+    return "text" if name in DATASETS and DATASETS[name]["kind"] in TEXT_KINDS else "graph"
+
+
 def num_tasks_of(name: str, options: dict, data_dir: str | Path | None = None) -> int:
     """Number of tasks n of dataset ``name`` under ``options`` (``None`` = the dataset's default), without loading the
     graph; the same checks as :func:`load_dataset` (e.g. planted: n a multiple of the number of groups)."""
-    return _resolve(dataset_spec(name, data_dir), {name: options.get(name) for name in OPTION_NAMES})["num_tasks"]
+    resolved = _resolve(dataset_spec(name, data_dir), {name: options.get(name) for name in OPTION_NAMES})
+    if resolved["num_tasks"] is None:  # a text dataset with every instruction of its file: read them
+        return load_dataset(name, data_dir, **{key: options.get(key) for key in OPTION_NAMES}).num_tasks
+    return resolved["num_tasks"]
 
 
 def cached_features(cache_dir: Path, edges: np.ndarray, num_nodes: int, options: dict) -> torch.Tensor:
@@ -196,7 +255,36 @@ def cached_features(cache_dir: Path, edges: np.ndarray, num_nodes: int, options:
     return features
 
 
-def load_dataset(name: str, data_dir: str | Path | None = None, cache_dir: str | Path | None = None, **options) -> GraphDataset:
+def load_text_dataset(name: str, spec: dict, data_dir: str | Path | None, options: dict) -> TextDataset:
+    """A text dataset: the generated default, or SuperGLUE examples with the instructions of ``options``."""
+    per_task = options["examples_per_task"], options["eval_per_task"], options["eval_per_task"]
+    if spec["kind"] == "text_planted":
+        folder = Path(data_dir) if data_dir is not None else Path("datasets") / name
+        return load_text_default(
+            options["planted_seed"],
+            options["num_tasks"],
+            options["planted_groups"],
+            *per_task,
+            split_seed=options["split_seed"],
+            data_dir=folder,
+        )
+    if options["instructions"] is None:
+        raise UsageError(
+            f"dataset {name!r} needs --instructions: a promptsource YAML file (e.g. promptsource_super_glue_{name}.yaml) "
+            "or a JSON/JSONL list of templates"
+        )
+    splits = load_text_splits(name, data_dir, seed=options["split_seed"])
+    templates = load_instructions(options["instructions"], name, splits["train"].example(0), limit=options["num_tasks"])
+    sizes = [None if size >= len(splits[split]) else size for size, split in zip(per_task, ("train", "val", "test"), strict=True)]
+    resolved = {key: value for key, value in options.items() if key != "split_seed"}
+    return build_text_dataset(
+        name, splits, templates, *sizes, seed=options["split_seed"], options=resolved, recommended=spec["recommended"]
+    )
+
+
+def load_dataset(
+    name: str, data_dir: str | Path | None = None, cache_dir: str | Path | None = None, **options
+) -> GraphDataset | TextDataset:
     """Load dataset ``name`` with its options (unknown keys are an error; ``None`` means the dataset's default).
 
     For ``planted`` the generated graph, its communities and the planted grouping are written to ``data_dir``
@@ -210,6 +298,8 @@ def load_dataset(name: str, data_dir: str | Path | None = None, cache_dir: str |
         raise TypeError(f"unknown dataset options {sorted(unknown)}")
     spec = dataset_spec(name, data_dir)
     options = _resolve(spec, options)
+    if spec["kind"] in TEXT_KINDS:
+        return load_text_dataset(name, spec, data_dir, options)
     dataset_dir = Path(data_dir) if data_dir is not None else Path("datasets") / name
     if spec["kind"] == "planted":
         edges, labels, groups = generate_planted(
@@ -271,6 +361,8 @@ __all__ = [
     "DATASETS",
     "SPLITS",
     "GraphDataset",
+    "TextDataset",
+    "domain_of",
     "add_data_args",
     "dataset_options",
     "dataset_spec",

@@ -41,6 +41,8 @@ class GraphDataset:
     planted_groups: list[list[int]] | None = None
     recommended: dict = field(default_factory=dict)
 
+    domain = "graph"  # which model family and step implementations apply (see data/__init__.py)
+
     @property
     def num_tasks(self) -> int:
         return self.labels.shape[1]
@@ -52,6 +54,10 @@ class GraphDataset:
     def samples(self, task: int, split: str) -> np.ndarray:
         """Node indices (int64, ascending) of task ``task``'s ``split`` samples."""
         return np.flatnonzero(self.masks[split][:, task])
+
+    def task_labels(self, task: int, split: str) -> np.ndarray:
+        """(len(samples),) bool labels of task ``task``'s ``split`` samples, in :meth:`samples` order."""
+        return self.labels[self.samples(task, split), task]
 
 
 def paper_splits(labels: np.ndarray, train_frac: float, val_frac: float, seed: int) -> dict[str, np.ndarray]:

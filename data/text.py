@@ -208,6 +208,8 @@ class TextDataset:
     planted_groups: list[list[int]] | None = None
     recommended: dict = field(default_factory=dict)
 
+    domain = "text"  # which model family and step implementations apply (see data/__init__.py)
+
     @property
     def num_tasks(self) -> int:
         return len(self.templates)
@@ -220,6 +222,10 @@ class TextDataset:
     def pairs(self, split: str, task: int) -> TaskPairs:
         """Task ``task``'s ``split`` samples, rendered."""
         return self.tasks[split][task]
+
+    def task_labels(self, task: int, split: str) -> np.ndarray:
+        """(len(samples),) int64 labels of task ``task``'s ``split`` samples, in :meth:`samples` order."""
+        return self.pairs(split, task).labels
 
     def samples(self, task: int, split: str) -> np.ndarray:
         """Example indices (int64, ascending) of task ``task``'s ``split`` samples, as ``GraphDataset.samples``."""

@@ -67,7 +67,7 @@ class ExactStep:
         return self.gradients[[self.column[task] for task in subset]].mean(0)
 
     def scores(self, subsets: Sequence[Sequence[int]], l2: float) -> dict:
-        """{(subset index, task): {"<split>_loss", "<split>_f1"}} of the linearised logits o_j + J_j Δ_S at λ = ``l2``."""
+        """{(subset index, task): {"<split>_{loss,f1,accuracy}"}} of the linearised logits o_j + J_j Δ_S at λ = ``l2``."""
         if not l2 > 0:
             raise ValueError(f"the exact step needs λ > 0 (Δ_S = −∇L_S/λ), got {l2}")
         scores = {}
@@ -88,4 +88,5 @@ class ExactStep:
                 entry = scores.setdefault((index, task), {})
                 entry[f"{split}_loss"] = float(losses[row])
                 entry[f"{split}_f1"] = binary_f1(predicted[row], labels)
+                entry[f"{split}_accuracy"] = float(np.mean(predicted[row] == labels))
         return scores

@@ -199,7 +199,8 @@ def output_gradient_factors(
 
     Args:
         model: every trainable parameter in an ``nn.Linear`` or a batch norm (each called once per forward).
-        x: (B, ...) model input; tasks: (B, K) int64 task indices.
+        x: (B, ...) model input, or a dict of keyword inputs (a text batch); tasks: (B, K) int64 task indices. A model
+            with one output per sample, (B,), is read as (B, 1): its task index is 0.
 
     Returns:
         ``(parts, logits)``: per trainable parameter in ``named_parameters()`` order either ``(inputs (B, in),
@@ -217,7 +218,8 @@ def output_gradient_factors(
     handles = [module.register_forward_hook(record) for module in modules]
     try:
         with eval_mode(model), torch.enable_grad():
-            logits = model(x)
+            logits = model(**x) if isinstance(x, dict) else model(x)
+            logits = logits.unsqueeze(1) if logits.dim() == 1 else logits
             chosen = logits.gather(1, tasks)  # (B, K)
             errors = {module: [] for module in modules}
             for k in range(tasks.shape[1]):

@@ -435,11 +435,11 @@ def mean_bce(logits, labels) -> torch.Tensor:
 
 
 def linearized_scores(G_list, offsets_list, labels_list, subsets: Sequence[Sequence[int]], weights) -> dict:
-    """Loss and F1 of every task of every subset under its linearised model (Eq. 4), on one split.
+    """Loss, F1 and accuracy of every task of every subset under its linearised model (Eq. 4), on one split.
 
     G_list[j]: (N_j, d), offsets_list[j], labels_list[j]: (N_j,) — task j's rows on the split, or None where task j
     has none (its scores are NaN); subsets: m subsets; weights: (m, d) ŵ_S in the same order. Returns
-    ``{(subset index, task): (mean BCE, F1 of logits > 0)}``. Each subset's logits come from its own product
+    ``{(subset index, task): (mean BCE, F1 and accuracy of logits > 0)}``. Each subset's logits come from its own product
     (:func:`linearized_logits`), so a subset's scores do not depend on which others are scored with it.
     """
     W = _as_float64(weights)
@@ -452,14 +452,15 @@ def linearized_scores(G_list, offsets_list, labels_list, subsets: Sequence[Seque
     scores = {}
     for task, rows in holders.items():
         if G_list[task] is None:
-            scores.update({(row, task): (float("nan"), float("nan")) for row in rows})
+            scores.update({(row, task): (float("nan"),) * 3 for row in rows})
             continue
         logits = linearized_logits(G_list[task], offsets_list[task], W[rows])  # (k_j, N_j)
         losses = mean_bce(logits, labels_list[task]).cpu().numpy()
         positives = np.asarray(labels_list[task]) > 0.5
         predicted = (logits > 0).cpu().numpy()
         for index, row in enumerate(rows):
-            scores[row, task] = (float(losses[index]), binary_f1(predicted[index], positives))
+            accuracy = float(np.mean(predicted[index] == positives))
+            scores[row, task] = (float(losses[index]), binary_f1(predicted[index], positives), accuracy)
     return scores
 
 

@@ -59,28 +59,37 @@ def subset_key(subset: Sequence[int]) -> str:
 # ``distance``: how far the model behind the row moved from where it started, ‖W − W₀‖ / ‖W₀‖ over the trainable
 # parameters (a fine-tuned truth: from θ*; from scratch: from its initialisation; an estimate: ‖P ŵ_S‖ / ‖θ*‖, averaged
 # over its bases). It tells whether a truth stays in the first-order regime the estimate assumes (paper Sec. 3.1).
-RESULT_COLUMNS = ["subset_id", "subset", "task", "seed", "val_f1", "val_loss", "test_f1", "test_loss", "distance", "source"]
-_FLOAT_COLUMNS = ("val_f1", "val_loss", "test_f1", "test_loss", "distance")
+RESULT_COLUMNS = [
+    "subset_id", "subset", "task", "seed", "val_f1", "val_loss", "test_f1", "test_loss", "val_accuracy", "test_accuracy",
+    "distance", "source",
+]  # fmt: skip
+_FLOAT_COLUMNS = ("val_f1", "val_loss", "test_f1", "test_loss", "val_accuracy", "test_accuracy", "distance")
+# columns files of earlier versions lack (read as NaN): accuracy, then distance
+_LATER_COLUMNS = (("val_accuracy", "test_accuracy"), ("distance",))
 
 
 def read_results(path: str | Path) -> list[dict]:
     """Rows of a per-(subset, task) results CSV (header ``RESULT_COLUMNS``), numbers parsed.
 
-    Files written before the ``distance`` column existed are read with ``distance`` NaN.
+    Files written before the ``accuracy`` or ``distance`` columns existed are read with those columns NaN.
     """
     import csv
 
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"results file {path} does not exist; run the step that writes it first")
-    without_distance = [column for column in RESULT_COLUMNS if column != "distance"]
+    headers, dropped = [RESULT_COLUMNS], set()
+    for later in _LATER_COLUMNS:
+        dropped.update(later)
+        headers.append([column for column in RESULT_COLUMNS if column not in dropped])
     with open(path, newline="") as fh:
         reader = csv.DictReader(fh)
-        if reader.fieldnames not in (RESULT_COLUMNS, without_distance):
+        if reader.fieldnames not in headers:
             raise UsageError(f"{path}: header {reader.fieldnames} is not the results header {RESULT_COLUMNS}")
         rows = list(reader)
     for number, row in enumerate(rows, start=2):
-        row.setdefault("distance", "nan")
+        for column in (*_LATER_COLUMNS[0], *_LATER_COLUMNS[1]):
+            row.setdefault(column, "nan")
         try:
             if None in row.values() or None in row:  # fields missing (cut short) or extra ones
                 raise ValueError

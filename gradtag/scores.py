@@ -10,7 +10,10 @@ import numpy as np
 from gradtag.affinity import higher_order_affinity, pairwise_affinity, uncovered_pairs
 from gradtag.artifacts import UsageError, save_npy, write_json
 
-SCORES = {"loss": ("val_loss", -1.0), "f1": ("val_f1", 1.0)}  # score -> (CSV column, sign making higher better)
+# score -> (CSV column, sign making higher better); F1 is the graphs' headline metric, accuracy the text tasks'
+SCORES = {"loss": ("val_loss", -1.0), "f1": ("val_f1", 1.0), "accuracy": ("val_accuracy", 1.0)}
+METRICS = ("loss", "f1", "accuracy")  # what every result row holds, per split
+DOMAIN_METRICS = {"graph": "f1", "text": "accuracy"}  # each domain's headline per-task metric (paper: macro-F1, accuracy)
 
 
 def score_records(rows: list[dict], score: str = "loss", split: str = "val") -> list[tuple[tuple[int, ...], int, float]]:

@@ -87,7 +87,8 @@ def evaluate(
     ``logits_fn(nodes) -> (len(nodes), n) tensor``, if given, supplies the logits instead of the model's forward pass
     (e.g. a Taylor expansion of the model).
 
-    Returns ``{split: {"f1": (len(tasks),) list, "loss": list, "macro_f1": float, "mean_loss": float,
+    Returns ``{split: {"f1": (len(tasks),) list, "loss": list, "accuracy": list, "macro_f1": float, "mean_loss": float,
+    "mean_accuracy": float,
     "all_positive_f1": list, "all_positive_macro_f1": float}}``, the last two being the per-task F1 of the trivial
     predictor "every sample is positive" and their mean, for reference (``gradtag.health`` compares each task to its own).
     """
@@ -99,20 +100,23 @@ def evaluate(
             logits = (logits_fn or (lambda chosen: predict_logits(model, dataset.features, chosen, device)))(nodes)
             logits = logits[:, tasks].numpy()
         labels = dataset.labels[nodes][:, tasks]
-        f1s, losses = [], []
+        f1s, losses, accuracies = [], [], []
         for column in range(len(tasks)):
             rows = mask[nodes, column]
             z, y = logits[rows, column], labels[rows, column]
             f1s.append(binary_f1(z > 0, y))
             losses.append(float(np.mean(np.logaddexp(0, z) - y * z)))
+            accuracies.append(float(np.mean((z > 0) == y)))
         # the trivial predictor "every sample is positive" has F1 = 2 * positives / (positives + samples)
         positives, counts = (labels & mask[nodes]).sum(axis=0), mask[nodes].sum(axis=0)
         trivial = 2 * positives / np.maximum(positives + counts, 1)
         result[split] = {
             "f1": f1s,
             "loss": losses,
+            "accuracy": accuracies,
             "macro_f1": float(np.mean(f1s)),
             "mean_loss": float(np.mean(losses)),
+            "mean_accuracy": float(np.mean(accuracies)),
             "all_positive_f1": [float(value) for value in trivial],
             "all_positive_macro_f1": float(np.mean(trivial)),
         }

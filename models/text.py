@@ -186,6 +186,23 @@ def _looks_like_path(name_or_path: str) -> bool:
     return name_or_path.startswith((".", "/", "~")) or Path(name_or_path).exists() or name_or_path.count("/") > 1
 
 
+@contextlib.contextmanager
+def _quiet_loading() -> Iterator[None]:
+    """transformers' per-load report and progress bar off while a model loads (a truth loads one per seed), then
+    restored: a library should not change the caller's logging for good."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
 def load_pretrained(name_or_path: str | Path, kind: str = "auto", attn_implementation: str = "eager"):
     """``(kind, backbone, tokenizer)`` from a local folder (``local_files_only``) or a hub name.
 
@@ -203,14 +220,15 @@ def load_pretrained(name_or_path: str | Path, kind: str = "auto", attn_implement
         check_model_folder(folder)
         source = str(folder)
     try:
-        config = AutoConfig.from_pretrained(source, local_files_only=local)
-        if kind == "auto":
-            kind = "seq2seq" if getattr(config, "is_encoder_decoder", False) else "encoder"
-        if kind not in KINDS:
-            raise ValueError(f"unknown text model kind {kind!r}; choose from {KINDS} or 'auto'")
-        auto = AutoModelForSeq2SeqLM if kind == "seq2seq" else AutoModel
-        backbone = auto.from_pretrained(source, local_files_only=local, attn_implementation=attn_implementation)
-        tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local)
+        with _quiet_loading():
+            config = AutoConfig.from_pretrained(source, local_files_only=local)
+            if kind == "auto":
+                kind = "seq2seq" if getattr(config, "is_encoder_decoder", False) else "encoder"
+            if kind not in KINDS:
+                raise ValueError(f"unknown text model kind {kind!r}; choose from {KINDS} or 'auto'")
+            auto = AutoModelForSeq2SeqLM if kind == "seq2seq" else AutoModel
+            backbone = auto.from_pretrained(source, local_files_only=local, attn_implementation=attn_implementation)
+            tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local)
     except OSError as error:
         where = f"folder {source}" if local else f"{source!r} (offline? pass a local folder)"
         raise ValueError(f"could not load the text model from {where}: {error}") from error

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from gradtag.artifacts import UsageError
-from gradtag.checks import DROPOUT, NONNEGATIVE, POSITIVE_INT
+from gradtag.checks import DROPOUT, NONNEGATIVE, POSITIVE, POSITIVE_INT
 from models import MODELS
 
 
@@ -88,16 +88,31 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--dropout", type=DROPOUT, default=0.0, help="dropout probability after each hidden layer")
     group.add_argument("--batch-norm", action="store_true", help="batch normalisation after each hidden linear layer")
+    text = parser.add_argument_group("text model (text datasets: one margin per rendered instruction input)")
+    text.add_argument(
+        "--text-model",
+        default=None,
+        help="pretrained LM: a local folder or a Hugging Face name; BERT family (encoder classifier) or T5 family "
+        "(scores the answer choices); default: the packaged all-MiniLM-L6-v2 (offline)",
+    )
+    text.add_argument("--lora-rank", type=POSITIVE_INT, default=4, help="LoRA rank r (paper: 4)")
+    text.add_argument("--lora-alpha", type=POSITIVE, default=8.0, help="LoRA alpha: updates are scaled by alpha / r")
+    text.add_argument("--lora-dropout", type=DROPOUT, default=0.0, help="LoRA dropout probability")
+    text.add_argument(
+        "--lora-targets", nargs="+", default=None, help="module-name suffixes that get LoRA (default: query value / q v)"
+    )
 
 
 def add_training_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("training")
-    group.add_argument("--epochs", type=POSITIVE_INT, default=1000, help="maximum passes over the training nodes")
+    group.add_argument(
+        "--epochs", type=POSITIVE_INT, default=None, help="maximum passes over the training samples (default: 1000; text 20)"
+    )
     group.add_argument(
         "--lr",
         type=NONNEGATIVE,
         default=None,
-        help="Adam learning rate (default: 1e-2; with --init-from, the fine-tuned truth's 1e-3, see --fixed-steps)",
+        help="Adam learning rate (default: 1e-2, text 1e-3; with --init-from, the fine-tuned truth's 1e-3, see --fixed-steps)",
     )
     group.add_argument(
         "--weight-decay",
@@ -106,12 +121,15 @@ def add_training_args(parser: argparse.ArgumentParser) -> None:
         help="L2 penalty (x/2 * sum of squares) on the shared weights and the trained tasks' output rows "
         "(default: the dataset's recommended value, planted 1e-2, SNAP 0; with --init-from, the base's own)",
     )
-    group.add_argument("--batch-size", type=POSITIVE_INT, default=4096, help="training nodes per optimisation step")
+    group.add_argument(
+        "--batch-size", type=POSITIVE_INT, default=None, help="training samples per optimisation step (default: 4096; text 32)"
+    )
     group.add_argument(
         "--patience",
         type=POSITIVE_INT,
-        default=200,
-        help="stop after this many epochs without a better validation score (macro-F1, then loss)",
+        default=None,
+        help="stop after this many epochs without a better validation score (macro-F1 or text accuracy, then loss; "
+        "default: 200; text 4)",
     )
     group.add_argument(
         "--balanced",
@@ -121,7 +139,10 @@ def add_training_args(parser: argparse.ArgumentParser) -> None:
         "planted on, SNAP off as in the paper; with --init-from, the base's own)",
     )
     group.add_argument(
-        "--eval-every", type=POSITIVE_INT, default=5, help="epochs between validation checks for early stopping (speed knob)"
+        "--eval-every",
+        type=POSITIVE_INT,
+        default=None,
+        help="epochs between validation checks for early stopping (speed knob; default 5, text 1)",
     )
     group.add_argument(
         "--fixed-steps",
@@ -132,8 +153,17 @@ def add_training_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def model_options(args: argparse.Namespace, recommended: dict) -> dict:
-    """The model's constructor options: flags given, else the dataset's recommended widths."""
+def model_options(args: argparse.Namespace, recommended: dict, domain: str = "graph") -> dict:
+    """The model's constructor options: flags given, else the dataset's recommended widths; for a text dataset the
+    LM (``--text-model``, default the packaged MiniLM) and its LoRA settings."""
+    if domain == "text":
+        return dict(
+            name_or_path=args.text_model,
+            lora_rank=args.lora_rank,
+            lora_alpha=args.lora_alpha,
+            lora_dropout=args.lora_dropout,
+            target_modules=list(args.lora_targets) if args.lora_targets else None,
+        )
     return dict(
         hop_width=args.hop_width or recommended.get("hop_width", 256),
         head_width=args.head_width or recommended.get("head_width", 256),

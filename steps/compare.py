@@ -25,7 +25,7 @@ from gradtag.evaluation import (
     split_half_reliability,
 )
 from gradtag.results import read_results
-from gradtag.scores import affinity_matrix, is_pairwise, records_by_seed, score_records
+from gradtag.scores import DOMAIN_METRICS, affinity_matrix, is_pairwise, records_by_seed, score_records
 from steps.cli import job_from_flags
 
 
@@ -37,7 +37,7 @@ class CompareJob:
     estimated: str | None = None
     planted: str | None = None
     k: int | None = None
-    scores: tuple[str, ...] = ("loss", "f1")
+    scores: tuple[str, ...] | None = None  # default: loss and the truth's domain metric (graph F1, text accuracy)
     seed: int = 0
     out: str | None = None
     allow_partial: bool = False
@@ -165,7 +165,8 @@ def run(job: CompareJob) -> tuple[dict, Path, list[str]]:
     )
 
     report = {"estimated": job.estimated, "trained": job.trained, "k": k, "by_score": {}}
-    for score in job.scores:
+    scores = job.scores or ("loss", DOMAIN_METRICS[first_meta.get("domain", "graph")])
+    for score in scores:
         by_truth = {}
         est_records = score_records(estimate[0], score) if estimate else None
         est_groups = None

@@ -40,7 +40,7 @@ from gradtag.projection import projector_from_spec
 from gradtag.regression import BATCH_SIZE, SOLVERS, fit_subsets, prepare_tasks
 from gradtag.regression import linearized_scores as regression_scores
 from gradtag.results import read_results, read_subsets, subset_key, write_results
-from gradtag.scores import is_pairwise, save_affinity, score_records
+from gradtag.scores import METRICS, is_pairwise, save_affinity, score_records
 from gradtag.training import class_weights, evaluate, load_checkpoint
 from steps.cli import job_from_flags, resolve_device, use_threads
 from steps.partition import shard_indices, shard_suffix
@@ -164,16 +164,16 @@ def one_off_cost(folders: list[Path], configs: list[dict]) -> dict:
 
 
 def linearized_scores(data: dict, subsets, weights: np.ndarray) -> dict:
-    """{(subset index, task): {"val_loss", "val_f1", "test_loss", "test_f1"}} from logits o + G ŵ_S (Eq. 4)."""
+    """{(subset index, task): {"<split>_loss", "<split>_f1", "<split>_accuracy"}} from logits o + G ŵ_S (Eq. 4)."""
     scores = {}
     for split in ("val", "test"):
         arrays = data.get(split)
         if arrays is None:  # a split step 2 did not collect: NaN scores
-            split_scores = {(index, task): (np.nan, np.nan) for index, subset in enumerate(subsets) for task in subset}
+            split_scores = {(index, task): (np.nan,) * 3 for index, subset in enumerate(subsets) for task in subset}
         else:
             split_scores = regression_scores(arrays["gradients"], arrays["outputs"], arrays["labels"], subsets, weights)
-        for key, (loss, f1) in split_scores.items():
-            scores.setdefault(key, {}).update({f"{split}_loss": loss, f"{split}_f1": f1})
+        for key, (loss, f1, accuracy) in split_scores.items():
+            scores.setdefault(key, {}).update({f"{split}_loss": loss, f"{split}_f1": f1, f"{split}_accuracy": accuracy})
     return scores
 
 
@@ -200,7 +200,7 @@ def network_scores(config: dict, subsets, weights: np.ndarray, mode: str, device
 
         metrics = evaluate(model, dataset, list(subset), device, splits=("val", "test"), logits_fn=logits_fn)
         for column, task in enumerate(subset):
-            scores[index, task] = {f"{s}_{m}": metrics[s][m][column] for s in ("val", "test") for m in ("loss", "f1")}
+            scores[index, task] = {f"{s}_{m}": metrics[s][m][column] for s in ("val", "test") for m in METRICS}
     set_flat_params(model, base)
     return scores
 
@@ -338,6 +338,11 @@ def load_base(config: dict, device, data_dir=None):
     checkpoint = Path(config["checkpoint"])
     checkpoint_config = read_config(checkpoint, "checkpoint")
     dataset = load_dataset(config["dataset"], data_dir or checkpoint_config["args"].get("data_dir"), **config["dataset_options"])
+    if dataset.domain != "graph":
+        raise UsageError(
+            f"{checkpoint} is a {dataset.domain} model: --solver exact-step and --eval reconstructed/second-order need the "
+            "graph network; use the default newton-cg solver with --eval linearized"
+        )
     model, _ = load_checkpoint(checkpoint, device, dataset)
     return dataset, model
 

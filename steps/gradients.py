@@ -33,11 +33,11 @@ from gradtag.artifacts import (
 )
 from gradtag.checkpoints import gradient_file, gradients_dir, state_fingerprint
 from gradtag.flops import count_flops, format_flops
-from gradtag.gradients import collect_projected_gradients, flat_params, trainable_parameters
+from gradtag.gradients import flat_params, trainable_parameters
 from gradtag.health import base_verdict
 from gradtag.projection import make_projector
-from gradtag.training import load_checkpoint
 from steps.cli import job_from_flags, parse_tasks, resolve_device, use_threads
+from steps.domains import domain_of
 from steps.partition import check_shard, shard_indices
 
 GRADIENT_SPLITS = ("train", "val", "test")
@@ -122,7 +122,8 @@ def run(job: GradientJob) -> None:
         job.data_dir or checkpoint_config["args"].get("data_dir"),
         **checkpoint_config["dataset_options"],
     )
-    model, checkpoint_config = load_checkpoint(checkpoint, device, dataset)
+    domain = domain_of(dataset)
+    model, checkpoint_config = domain.load_checkpoint(checkpoint, device, dataset)
     verdict = base_verdict(checkpoint, job.strict)  # before anything is written: --strict refuses a degenerate θ*
     if verdict:
         print(verdict, file=sys.stderr)
@@ -138,7 +139,7 @@ def run(job: GradientJob) -> None:
         "dataset_fingerprint": dataset.fingerprint,
         "dataset_options": checkpoint_config["dataset_options"],
         "task_names": dataset.task_names,
-        "checkpoint_fingerprint": state_fingerprint(model.state_dict()),
+        "checkpoint_fingerprint": state_fingerprint(domain.state(model)),
         "checkpoint_seed": checkpoint_config["seed"],
         "training": checkpoint_config["training"],
         "projection": projector.spec(),
@@ -153,14 +154,16 @@ def run(job: GradientJob) -> None:
     else:
         write_json(folder / "projection.json", projector.spec())
         base_norm = float(flat_params(model).norm())  # ‖θ*‖: step 3 reports its estimates' move ‖P ŵ‖ relative to it
-        where = {"checkpoint": str(checkpoint), "checkpoint_relative": relative_path(checkpoint, folder)}
+        where = {"checkpoint": str(checkpoint), "checkpoint_relative": relative_path(checkpoint, folder), "domain": domain.name}
         write_json(
             config_path, {**identity, **where, "base_norm": base_norm, "versions": package_versions(), "args": job.record()}
         )
 
     with exclusive_lock(cost_path, f"shard {job.shard_id} of {job.num_shards} of {folder}"):
         todo = [task for task in shard_tasks if not task_done(folder, task, job.splits)]
-        seconds, total_flops = collect_tasks(job, dataset, model, projector, folder, shard_tasks, set(todo), device, cost_path)
+        seconds, total_flops = collect_tasks(
+            job, dataset, domain, model, projector, folder, shard_tasks, set(todo), device, cost_path
+        )
     print(
         f"projected gradients (p={projector.num_params} -> d={job.project_dim}) of {len(todo)} tasks "
         f"({len(shard_tasks) - len(todo)} already done) in {seconds:.1f}s ({format_flops(total_flops)}); wrote {folder}"
@@ -168,7 +171,7 @@ def run(job: GradientJob) -> None:
 
 
 def collect_tasks(
-    job, dataset, model, projector, folder: Path, tasks: list[int], todo: set[int], device, cost_path: Path
+    job, dataset, domain, model, projector, folder: Path, tasks: list[int], todo: set[int], device, cost_path: Path
 ) -> tuple[float, int]:
     """Compute and save the projected gradients, base logits, labels and nodes of every task in ``todo``, per split.
 
@@ -181,20 +184,10 @@ def collect_tasks(
     chunks = [tasks[first : first + job.task_chunk] for first in range(0, len(tasks), job.task_chunk)]
     for chunk in [chunk for chunk in chunks if todo.intersection(chunk)]:
         pieces = [(task, split, dataset.samples(task, split)) for task in chunk for split in job.splits]
-        nodes = np.concatenate([samples for _, _, samples in pieces])
-        owners = np.concatenate([np.full(len(samples), task) for task, _, samples in pieces])
         start, cpu_start = time.perf_counter(), time.process_time()
         with count_flops() as flops:
-            gradients, outputs = collect_projected_gradients(
-                model,
-                dataset.features,
-                (nodes, owners),
-                projector,
-                batch_size=job.batch_size,
-                device=device,
-                method=job.method,
-                progress=not job.no_progress,
-                desc=f"gradients tasks {chunk[0]}..{chunk[-1]}",
+            gradients, outputs = domain.collect(
+                model, dataset, pieces, projector, job, device, f"gradients tasks {chunk[0]}..{chunk[-1]}"
             )
         seconds = time.perf_counter() - start
         add_cost(cost_path, seconds, flops.total, time.process_time() - cpu_start)
@@ -207,7 +200,7 @@ def collect_tasks(
                 continue
             save_npy(gradient_file(folder, task, split, "gradients"), gradients[rows])
             save_npy(gradient_file(folder, task, split, "outputs"), outputs[rows])
-            save_npy(gradient_file(folder, task, split, "labels"), dataset.labels[samples, task].astype(np.float32))
+            save_npy(gradient_file(folder, task, split, "labels"), dataset.task_labels(task, split).astype(np.float32))
             # nodes last: a task counts as done only once every file of it is on disk
             save_npy(gradient_file(folder, task, split, "nodes"), samples.astype(np.int64))
     return total_seconds, total_flops

@@ -84,6 +84,8 @@ def run(job: TaylorJob) -> dict:
     num_tasks = len(checkpoint_config["task_names"])
     if job.subset_size > num_tasks:
         raise UsageError(f"--subset-size {job.subset_size} exceeds the checkpoint's {num_tasks} tasks")
+    if checkpoint_config.get("domain", "graph") != "graph":
+        raise UsageError(f"{checkpoint} is a text model; the Taylor check (Table 1) is implemented for graph models only")
     out = Path(job.out) if job.out else taylor_path(job.results_dir, checkpoint_config["dataset"])
     if out.exists() and not job.overwrite:
         raise UsageError(f"{out} already exists; pass --overwrite to replace it or choose another --out")

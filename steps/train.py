@@ -24,11 +24,12 @@ from gradtag.artifacts import UsageError, check_compatible, exclusive_lock, pack
 from gradtag.checkpoints import checkpoint_dir, run_name, state_fingerprint
 from gradtag.flops import SampledFlops, format_flops
 from gradtag.gradients import flat_params, relative_distance
-from gradtag.health import assess_base, format_health, task_gradient_norms
+from gradtag.health import assess_base, format_health
 from gradtag.results import read_results, read_subsets, subset_key, write_results
-from gradtag.training import TrainConfig, evaluate, load_checkpoint, save_checkpoint, train_model
-from models import build_model
+from gradtag.scores import METRICS
+from gradtag.training import TrainConfig
 from steps.cli import job_from_flags, model_options, parse_tasks, resolve_device, seed_everything, use_threads
+from steps.domains import domain_of
 from steps.partition import check_shard, shard_indices, shard_suffix
 
 
@@ -45,13 +46,13 @@ class TrainJob:
     head_width: int | None
     dropout: float
     batch_norm: bool
-    epochs: int
+    epochs: int | None
     lr: float | None
     weight_decay: float | None
-    batch_size: int
-    patience: int
+    batch_size: int | None
+    patience: int | None
     fixed_steps: int | None
-    eval_every: int
+    eval_every: int | None
     balanced: bool | None
     tasks: str = "all"
     runs: int = 1
@@ -69,6 +70,11 @@ class TrainJob:
     num_shards: int = 1
     shard_id: int = 0
     threads: int | None = None
+    text_model: str | None = None
+    lora_rank: int = 4
+    lora_alpha: float = 8.0
+    lora_dropout: float = 0.0
+    lora_targets: tuple[str, ...] | None = None
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> TrainJob:
@@ -79,6 +85,7 @@ class TrainJob:
         """The job as the artifacts record it under ``args``."""
         record = dataclasses.asdict(self)
         record["init_from"] = list(self.init_from) if self.init_from else None
+        record["lora_targets"] = list(self.lora_targets) if self.lora_targets else None
         return record
 
 
@@ -88,11 +95,12 @@ def run(job: TrainJob) -> None:
     use_threads(job.threads)
     device = resolve_device(job.device)
     dataset = load_dataset(job.dataset, job.data_dir, **job.dataset_options)
-    options = model_options(job, dataset.recommended)
+    domain = domain_of(dataset)
+    options = model_options(job, dataset.recommended, domain.name)
     if job.subsets_file:
-        train_subsets(job, dataset, device, options)
+        train_subsets(job, dataset, domain, device, options)
     else:
-        train_meta_initializations(job, dataset, device, options)
+        train_meta_initializations(job, dataset, domain, device, options)
 
 
 def check_job(job: TrainJob) -> None:
@@ -106,23 +114,23 @@ def check_job(job: TrainJob) -> None:
         raise UsageError("--truth-seeds > 1 with several --init-from checkpoints: rows are keyed by the base's seed; pass one")
 
 
-def base_config(job: TrainJob, dataset, options: dict) -> dict:
+def base_config(job: TrainJob, dataset, domain, options: dict) -> dict:
     """What every artifact of this script records about its inputs (see README, the on-disk contract)."""
     return {
+        "domain": domain.name,
         "dataset": dataset.name,
         "dataset_fingerprint": dataset.fingerprint,
         "dataset_options": job.dataset_options,
         "task_names": dataset.task_names,
-        "model": job.model,
+        "model": job.model if domain.name == "graph" else "text",
         "model_options": options,
-        "in_dim": dataset.features.shape[2],
-        "num_hops": dataset.features.shape[1] - 1,
+        **domain.model_config(dataset),
         "training": vars(train_config(job, dataset)),
         "versions": package_versions(),
     }
 
 
-def train_meta_initializations(job, dataset, device, options: dict) -> None:
+def train_meta_initializations(job, dataset, domain, device, options: dict) -> None:
     """Train ``--runs`` models on ``--tasks`` and save each as a checkpoint folder."""
     tasks = parse_tasks(job.tasks, dataset.num_tasks)
     tag = "all" if len(tasks) == dataset.num_tasks else "tasks" + "-".join(map(str, tasks))
@@ -133,47 +141,50 @@ def train_meta_initializations(job, dataset, device, options: dict) -> None:
             raise UsageError(f"{folder} already holds a checkpoint; pass --overwrite to replace it or change --seed")
     for seed in seeds:
         folder = checkpoint_dir(job.saved_dir, dataset.name, run_name(tag, seed))
-        seed_everything(seed)
-        model = build_model(job.model, dataset.features.shape[2], dataset.features.shape[1] - 1, dataset.num_tasks, **options)
-        model.to(device)
+        model = domain.new_model(job, dataset, options, seed, device)
         start, cpu_start = time.perf_counter(), time.process_time()
         config = train_config(job, dataset)
-        summary = train_model(model, dataset, tasks, config, device, seed, progress=not job.no_progress)
+        summary = domain.train_model(model, dataset, tasks, config, device, seed, progress=not job.no_progress)
         seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
         metrics = {
             "tasks": tasks,
             "seconds": seconds,
             "cpu_seconds": cpu_seconds,
             **summary,
-            **evaluate(model, dataset, tasks, device),
+            **domain.evaluate(model, dataset, tasks, device),
         }
         # is θ* usable by steps 2-3 (README: learned, not memorised, gradients not flat)? recorded; they warn or refuse
-        health = assess_base(metrics, task_gradient_norms(model, dataset, tasks, config.balanced, device))
-        save_checkpoint(folder, model)
+        norms = domain.task_loss_gradients(model, dataset, tasks, config.balanced, device).double().norm(dim=1).cpu().numpy()
+        health = assess_base(metrics, norms)
+        domain.save_checkpoint(folder, model)
         write_json(folder / "metrics.json", {**metrics, "health": health.to_json()})
-        write_json(
-            folder / "config.json", {**base_config(job, dataset, options), "tasks": tasks, "seed": seed, "args": job.record()}
-        )
+        config_json = {**base_config(job, dataset, domain, options), "tasks": tasks, "seed": seed, "args": job.record()}
+        write_json(folder / "config.json", config_json)
         print_metrics(dataset, tasks, metrics)
+        headline = "macro_f1" if domain.metric == "f1" else "mean_accuracy"
         print(
-            f"run {run_name(tag, seed)}: {summary['epochs_run']} epochs in {seconds:.1f}s, test macro-F1 "
-            f"{metrics['test']['macro_f1']:.4f} (all-positive predictor: {metrics['test']['all_positive_macro_f1']:.4f}); "
-            f"wrote {folder}/{{model.pt,config.json,metrics.json}}"
+            f"run {run_name(tag, seed)}: {summary['epochs_run']} epochs in {seconds:.1f}s, test {HEADLINES[domain.metric]} "
+            f"{metrics['test'][headline]:.4f} (all-positive predictor's macro-F1: "
+            f"{metrics['test']['all_positive_macro_f1']:.4f}); wrote {folder}/{{model.pt,config.json,metrics.json}}"
         )
         print(format_health(health))
         for problem in health.problems:
             print(f"warning: {problem}")
 
 
+HEADLINES = {"f1": "macro-F1", "accuracy": "accuracy"}  # a domain's metric, as its summary lines name it
+
+
 def print_metrics(dataset, tasks: list[int], metrics: dict) -> None:
-    print(f"{'task':>6} {'name':>12} {'train F1':>9} {'val F1':>7} {'test F1':>8} {'test loss':>9}")
+    print(f"{'task':>6} {'name':>14} {'train F1':>9} {'val F1':>7} {'test F1':>8} {'test acc':>8} {'test loss':>9}")
     for column, task in enumerate(tasks):
         print(
-            f"{task:>6} {dataset.task_names[task]:>12} {metrics['train']['f1'][column]:9.4f} "
-            f"{metrics['val']['f1'][column]:7.4f} {metrics['test']['f1'][column]:8.4f} {metrics['test']['loss'][column]:9.4f}"
+            f"{task:>6} {dataset.task_names[task][:14]:>14} {metrics['train']['f1'][column]:9.4f} "
+            f"{metrics['val']['f1'][column]:7.4f} {metrics['test']['f1'][column]:8.4f} "
+            f"{metrics['test']['accuracy'][column]:8.4f} {metrics['test']['loss'][column]:9.4f}"
         )
     averages = [metrics[split]["macro_f1"] for split in ("train", "val", "test")]
-    print(f"{'average':>19} {averages[0]:9.4f} {averages[1]:7.4f} {averages[2]:8.4f}")
+    print(f"{'average':>21} {averages[0]:9.4f} {averages[1]:7.4f} {averages[2]:8.4f} {metrics['test']['mean_accuracy']:8.4f}")
 
 
 # The fine-tuned truth's default (with --init-from): 15 Adam steps at lr 1e-3 move θ* by 6% of its norm on DBLP (median;
@@ -181,20 +192,33 @@ def print_metrics(dataset, tasks: list[int], metrics: dict) -> None:
 # score still depends on its partners (F-test, 20 of 20 tasks). 50 steps at lr 1e-2 (the earlier default) moved it by
 # 53%, where the first-order expansion misses a third of the change. README, "The truth's regime", has the table.
 FINETUNE_STEPS, FINETUNE_LR = 15, 1e-3
-TRAIN_LR = 1e-2
+TRAIN_LR, TRAIN_EPOCHS, TRAIN_BATCH_SIZE, TRAIN_PATIENCE, TRAIN_EVAL_EVERY = (
+    1e-2,
+    1000,
+    4096,
+    200,
+    5,
+)  # unless the dataset recommends others
 
 
 def train_config(job, dataset) -> TrainConfig:
     """Training settings from the flags; unset ones take the dataset's recommended value (fine-tuning: the truth's
     regime, ``FINETUNE_STEPS`` at ``FINETUNE_LR``)."""
     fixed_steps = job.fixed_steps if job.fixed_steps is not None else (FINETUNE_STEPS if job.init_from else None)
-    lr = job.lr if job.lr is not None else (FINETUNE_LR if job.init_from else TRAIN_LR)
-    weight_decay = job.weight_decay if job.weight_decay is not None else dataset.recommended.get("weight_decay", 0.0)
-    balanced = job.balanced if job.balanced is not None else dataset.recommended.get("balanced", False)
-    return TrainConfig(job.epochs, lr, weight_decay, job.batch_size, job.patience, fixed_steps, job.eval_every, balanced)
+    recommended = dataset.recommended
+    lr = job.lr if job.lr is not None else (FINETUNE_LR if job.init_from else recommended.get("lr", TRAIN_LR))
+    weight_decay = job.weight_decay if job.weight_decay is not None else recommended.get("weight_decay", 0.0)
+    balanced = job.balanced if job.balanced is not None else recommended.get("balanced", False)
+    epochs = job.epochs or recommended.get("epochs", TRAIN_EPOCHS)
+    batch_size = job.batch_size or recommended.get("batch_size", TRAIN_BATCH_SIZE)
+    patience = job.patience or recommended.get("patience", TRAIN_PATIENCE)
+    eval_every = job.eval_every or recommended.get("eval_every", TRAIN_EVAL_EVERY)
+    return TrainConfig(epochs, lr, weight_decay, batch_size, patience, fixed_steps, eval_every, balanced)
 
 
-def fine_tuning_start(job, dataset, device, options: dict) -> tuple[list[tuple[int, dict | None]], object, dict, TrainJob]:
+def fine_tuning_start(
+    job, dataset, domain, device, options: dict
+) -> tuple[list[tuple[int, dict | None]], object, dict, TrainJob]:
     """The models' starts: ``[(seed, state or None)]``, their identity for the sidecar, the model options and the job
     with the bases' own weight decay and class balancing where its flags left them unset.
 
@@ -208,16 +232,17 @@ def fine_tuning_start(job, dataset, device, options: dict) -> tuple[list[tuple[i
         return [(seed, None) for seed in range(job.seed, job.seed + job.truth_seeds)], None, options, job
     starts, identities, base_options, base_training = [], [], None, None
     for folder in job.init_from:
-        base, base_config_json = load_checkpoint(folder, device, dataset)
+        base, base_config_json = domain.load_checkpoint(folder, device, dataset)
         base_training = base_training if base_training is not None else base_config_json.get("training", {})
-        if base_config_json["model"] != job.model:
+        if domain.name == "graph" and base_config_json["model"] != job.model:
             raise UsageError(f"--init-from {folder} is a {base_config_json['model']!r} model; pass --model to match")
         if base_options is not None and base_config_json["model_options"] != base_options:
             raise UsageError(f"--init-from {folder} has other model options than {job.init_from[0]}; fine-tune alike bases")
         base_options = base_config_json["model_options"]
         seed = base_config_json["seed"] if len(job.init_from) > 1 else job.seed
-        starts.append((seed, {key: value.clone() for key, value in base.state_dict().items()}))
-        identities.append({"init_from": str(folder), "init_fingerprint": state_fingerprint(base.state_dict()), "seed": seed})
+        state = domain.state(base)
+        starts.append((seed, state))
+        identities.append({"init_from": str(folder), "init_fingerprint": state_fingerprint(state), "seed": seed})
     seeds = [seed for seed, _ in starts]
     if len(set(seeds)) != len(seeds):
         raise UsageError(f"--init-from checkpoints share a seed ({seeds}); pass bases of different seeds")
@@ -231,7 +256,7 @@ def fine_tuning_start(job, dataset, device, options: dict) -> tuple[list[tuple[i
     return starts, identities, base_options, dataclasses.replace(job, **inherited)
 
 
-def train_subset_models(job, dataset, device, options: dict, subsets, csv_path: Path, source: str, init) -> tuple[list, float]:
+def train_subset_models(job, dataset, domain, device, options, subsets, csv_path: Path, source: str, init) -> tuple[list, float]:
     """Train one model per subset and start; keep every (subset, task, seed) row in ``csv_path``.
 
     ``init`` is ``(starts, identity)`` of :func:`fine_tuning_start`: every subset starts from the same weights per
@@ -243,7 +268,7 @@ def train_subset_models(job, dataset, device, options: dict, subsets, csv_path: 
     starts, init_identity = init
     mode = "finetune" if init_identity is not None else "scratch"
     identity = {
-        **base_config(job, dataset, options),
+        **base_config(job, dataset, domain, options),
         "subsets_file": source,
         "subsets": [list(subset) for subset in subsets],
         "mode": mode,
@@ -290,7 +315,7 @@ def train_subset_models(job, dataset, device, options: dict, subsets, csv_path: 
             )
 
         record_cost(0)
-        flops = train_each_subset(job, dataset, device, options, subsets, todo, dict(starts), rows, csv_path, record_cost)
+        flops = train_each_subset(job, dataset, domain, device, options, subsets, todo, dict(starts), rows, csv_path, record_cost)
         seconds = time.perf_counter() - start
         total_seconds = previous_seconds + seconds
         record_cost(flops)
@@ -301,7 +326,7 @@ def train_subset_models(job, dataset, device, options: dict, subsets, csv_path: 
         return rows, total_seconds
 
 
-def train_each_subset(job, dataset, device, options: dict, subsets, todo, states: dict, rows: list, csv_path, record_cost) -> int:
+def train_each_subset(job, dataset, domain, device, options, subsets, todo, states: dict, rows: list, csv_path, record_cost):
     """Train and score the (subset index, seed) jobs in ``todo``, appending rows and rewriting ``csv_path`` after each,
     after calling ``record_cost(FLOPs so far)``.
 
@@ -315,17 +340,14 @@ def train_each_subset(job, dataset, device, options: dict, subsets, todo, states
     flops, scoring = 0, SampledFlops()
     for index, seed in tqdm(todo, desc=f"train {csv_path.stem} ({mode})", disable=job.no_progress):
         subset = list(subsets[index])
+        model = domain.subset_model(job, dataset, options, seed, states[seed], device)
         seed_everything(seed)
-        model = build_model(job.model, dataset.features.shape[2], dataset.features.shape[1] - 1, dataset.num_tasks, **options)
-        if states[seed] is not None:
-            model.load_state_dict(states[seed])
-        model.to(device)
         start_weights = flat_params(model)
-        flops += train_model(model, dataset, subset, train_config(job, dataset), device, seed)["flops"]
+        flops += domain.train_model(model, dataset, subset, train_config(job, dataset), device, seed)["flops"]
         distance = relative_distance(flat_params(model), start_weights)
-        metrics = evaluate(model, dataset, subset, device, splits=("val", "test"), flops=scoring)
+        metrics = domain.evaluate(model, dataset, subset, device, splits=("val", "test"), flops=scoring)
         for column, task in enumerate(subset):
-            scores = {f"{split}_{kind}": metrics[split][kind][column] for split in ("val", "test") for kind in ("f1", "loss")}
+            scores = {f"{split}_{kind}": metrics[split][kind][column] for split in ("val", "test") for kind in METRICS}
             rows.append(
                 {
                     "subset_id": index,
@@ -342,11 +364,11 @@ def train_each_subset(job, dataset, device, options: dict, subsets, todo, states
     return flops + scoring.total
 
 
-def train_subsets(job, dataset, device, options: dict) -> None:
+def train_subsets(job, dataset, domain, device, options: dict) -> None:
     """Train one model per line of ``--subsets-file``; with ``--baselines`` also STL and naive MTL, and compare."""
     subsets_path = Path(job.subsets_file)
     subsets = read_subsets(subsets_path, dataset.num_tasks)
-    *init, options, job = fine_tuning_start(job, dataset, device, options)
+    *init, options, job = fine_tuning_start(job, dataset, domain, device, options)
     name = results_name(job)
     results_dir = Path(job.results_dir)
     runs = {"grouped": (subsets, str(subsets_path), results_dir / f"{name}{shard_suffix(job.num_shards, job.shard_id)}.csv")}
@@ -355,15 +377,17 @@ def train_subsets(job, dataset, device, options: dict) -> None:
         runs["MTL"] = ([tuple(range(dataset.num_tasks))], "all tasks", results_dir / f"{name}_mtl.csv")
     summary = {}
     for label, (run_subsets, source, csv_path) in runs.items():
-        rows, seconds = train_subset_models(job, dataset, device, options, run_subsets, csv_path, source, init)
-        summary[label] = (len(run_subsets), partition_f1(rows, run_subsets, dataset.num_tasks), seconds)
-    if any(f1 is not None for _, f1, _ in summary.values()):
-        print(f"{'method':>8} {'models':>6} {'avg test F1':>11} {'train s':>8}")
-        for label, (count, f1, seconds) in summary.items():
-            print(f"{label:>8} {count:>6} {'–' if f1 is None else f'{f1:.4f}':>11} {seconds:8.1f}")
+        rows, seconds = train_subset_models(job, dataset, domain, device, options, run_subsets, csv_path, source, init)
+        summary[label] = (len(run_subsets), partition_score(rows, run_subsets, dataset.num_tasks, domain.metric), seconds)
+    if any(score is not None for _, score, _ in summary.values()):
+        column = f"avg test {'F1' if domain.metric == 'f1' else 'acc'}"
+        print(f"{'method':>8} {'models':>6} {column:>12} {'train s':>8}")
+        for label, (count, score, seconds) in summary.items():
+            print(f"{label:>8} {count:>6} {'–' if score is None else f'{score:.4f}':>12} {seconds:8.1f}")
+        key = f"avg_test_{domain.metric}"
         write_json(
             results_dir / f"{name}_summary.json",
-            {label: {"models": count, "avg_test_f1": f1, "seconds": seconds} for label, (count, f1, seconds) in summary.items()},
+            {label: {"models": count, key: score, "seconds": seconds} for label, (count, score, seconds) in summary.items()},
         )
 
 
@@ -372,11 +396,12 @@ def results_name(job) -> str:
     return job.results_name or f"{Path(job.subsets_file).stem}_{'finetune' if job.init_from else 'scratch'}"
 
 
-def partition_f1(rows: list[dict], subsets, num_tasks: int) -> float | None:
-    """Average test macro-F1 over all tasks when the subsets partition the tasks (a groups file), else None."""
+def partition_score(rows: list[dict], subsets, num_tasks: int, metric: str = "f1") -> float | None:
+    """Average test ``metric`` (f1: macro-F1; accuracy) over all tasks when the subsets partition the tasks (a groups
+    file), else None."""
     if sorted(task for subset in subsets for task in subset) != list(range(num_tasks)):
         return None
     per_task = {}
     for row in rows:
-        per_task.setdefault(row["task"], []).append(row["test_f1"])
+        per_task.setdefault(row["task"], []).append(row[f"test_{metric}"])
     return float(np.mean([np.mean(values) for values in per_task.values()]))

@@ -119,10 +119,11 @@ def test_linearized_scores_per_subset_and_task():
     W = np.random.default_rng(5).normal(size=(len(SUBSETS), 12))
     scores = linearized_scores(G, offsets, labels, SUBSETS, W)
     assert sorted(scores) == sorted((row, j) for row, s in enumerate(SUBSETS) for j in s)
-    for (row, task), (loss, f1) in scores.items():
+    for (row, task), (loss, f1, accuracy) in scores.items():
         z = offsets[task] + G[task].astype(np.float64) @ W[row]
         assert loss == pytest.approx(np.mean(np.logaddexp(0, z) - labels[task] * z), rel=1e-12)
         assert f1 == binary_f1(z > 0, labels[task] > 0.5)
+        assert accuracy == pytest.approx(np.mean((z > 0) == (labels[task] > 0.5)), abs=0)
     alone = linearized_scores(G, offsets, labels, SUBSETS[1:2], W[1:2])  # a subset scored alone: the same bits
     assert all(alone[0, task] == scores[1, task] for task in SUBSETS[1])
 
