@@ -26,7 +26,7 @@ All arithmetic is float64 on the device of the inputs (CPU or CUDA).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import numpy as np
@@ -42,6 +42,7 @@ SOLVERS = ("newton", "newton-cg", "onestep")
 BATCH_SIZE = 512
 _ARMIJO = 1e-4  # sufficient-decrease constant of the Newton line search
 _MAX_HALVINGS = 30  # step halvings before a subset is declared stalled
+_COARSE_TOL = 1e-6  # max|∇L_S| where newton-cg turns from float32 to float64: ~30x float32's rounding of the gradient
 _GRAM_CHUNK = 2**24  # float64 elements (128 MiB) of the scaled-gradient buffer built per Hessian product
 
 
@@ -52,8 +53,8 @@ class TaskData:
     gradients[j]: (N_j, d) projected gradients G_j; offsets[j]: (N_j,) base logits o_j; labels[j]: (N_j,) in {0, 1};
     row_weights[j]: (N_j,) non-negative, summing to 1 (uniform 1/N_j: the plain mean; class-balanced when the base model
     was trained with a balanced loss); grad: (n, d) per-task mean-loss gradients g_j; hess: (n, d, d) per-task
-    mean-loss Hessians H_j (see
-    :func:`task_statistics`). Build it with :func:`prepare_tasks`.
+    mean-loss Hessians H_j (see :func:`task_statistics`); rows32[j]: the four row tensors of task j rounded to float32.
+    starts: :func:`newton_cg_start`'s cache. Build it with :func:`prepare_tasks`.
     """
 
     gradients: list[torch.Tensor]
@@ -62,6 +63,14 @@ class TaskData:
     row_weights: list[torch.Tensor]
     grad: torch.Tensor
     hess: torch.Tensor
+    rows32: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]
+    starts: dict = field(default_factory=dict, repr=False, compare=False)  # newton-cg's starts by (λ, max_iter, tol)
+
+    def rows(self, task: int, dtype: torch.dtype = torch.float64):
+        """(G_j, o_j, y_j, r_j) of task j in float64 (the data) or float32 (a rounded copy for newton-cg's cheap work)."""
+        if dtype == torch.float32:
+            return self.rows32[task]
+        return self.gradients[task], self.offsets[task], self.labels[task], self.row_weights[task]
 
     @property
     def n_tasks(self) -> int:
@@ -100,8 +109,7 @@ def task_statistics(G_list, offsets_list, labels_list, row_weights=None) -> tupl
     G_list[j]: (N_j, d); offsets_list[j]: (N_j,); labels_list[j]: (N_j,) — numpy arrays or tensors, any float dtype.
     With p_j = σ(o_j) and row weights r_j (default 1/N_j):  g_j = G_jᵀ (r_j (p_j − y_j))  and
     H_j = G_jᵀ diag(r_j p_j (1 − p_j)) G_j (the weights make each task's loss a (weighted) mean). Returns ``grad``
-    (n, d) and ``hess`` (n, d, d),
-    float64, on the device of ``G_list[0]``.
+    (n, d) and ``hess`` (n, d, d), float64, on the device of ``G_list[0]``.
     """
     grads, hessians = [], []
     device = G_list[0].device if isinstance(G_list[0], torch.Tensor) else None
@@ -153,7 +161,8 @@ def prepare_tasks(G_list, offsets_list, labels_list, device: str | torch.device 
         labels.append(y)
         row_weights.append(r / r.sum())
     grad, hess = task_statistics(gradients, offsets, labels, row_weights)
-    return TaskData(gradients, offsets, labels, row_weights, grad, hess)
+    rows32 = [tuple(x.to(torch.float32) for x in rows) for rows in zip(gradients, offsets, labels, row_weights, strict=True)]
+    return TaskData(gradients, offsets, labels, row_weights, grad, hess, rows32)
 
 
 def check_subsets(subsets: Sequence[Sequence[int]], n_tasks: int) -> list[tuple[int, ...]]:
@@ -188,11 +197,13 @@ def _holders(subsets: list[tuple[int, ...]], device) -> dict[int, tuple[torch.Te
 
 
 def _loss_grad(data: TaskData, subsets: list[tuple[int, ...]], W: torch.Tensor, l2: float):
-    """Objective L_S and its gradient for k subsets at weights W (k, d): returns (k,) and (k, d) float64."""
+    """Objective L_S and its gradient for k subsets at weights W (k, d), in W's dtype (float64: exact; float32: the
+    rounded rows of ``data.rows32``, for newton-cg's first phase): returns (k,) and (k, d)."""
     loss = 0.5 * l2 * (W * W).sum(1)
-    grad = l2 * W.clone()
+    grad = l2 * W
     for task, (rows, weight) in _holders(subsets, W.device).items():
-        G, o, y, r = data.gradients[task], data.offsets[task], data.labels[task], data.row_weights[task]
+        G, o, y, r = data.rows(task, W.dtype)
+        weight = weight.to(W.dtype)
         z = o[:, None] + G @ W[rows].T  # (N_j, k): one column per subset holding the task
         bce = torch.logaddexp(z, torch.zeros_like(z)) - y[:, None] * z
         loss.index_add_(0, rows, weight * (r @ bce))
@@ -257,12 +268,16 @@ def _shared_system(data: TaskData, subsets: list[tuple[int, ...]], l2: float):
 
 
 def _curvature(data: TaskData, subsets: list[tuple[int, ...]], W: torch.Tensor):
-    """Per task: (rows, G_j, c) with c = r_j p(1 − p) / |S| at W (k, d), (N_j, k_j): ∇²L_S = Σ_j G_jᵀ diag(c) G_j + λI."""
+    """Per task: (rows, G_j, c) in float32, c = r_j p(1 − p) / |S| at W (k, d), (N_j, k_j): ∇²L_S = Σ_j G_jᵀ diag(c) G_j + λI.
+
+    float32 (the rounded rows of ``data.rows32``): the Hessian only shapes newton-cg's directions — the line search
+    and the stopping test use the objective itself — and float32 products run at 2–3× the float64 rate on CPU."""
     curvature = []
+    W = W.to(torch.float32)
     for task, (rows, weight) in _holders(subsets, W.device).items():
-        G, o = data.gradients[task], data.offsets[task]
+        G, o, _, r = data.rows32[task]
         p = torch.sigmoid(o[:, None] + G @ W[rows].T)
-        curvature.append((rows, G, p * (1 - p) * data.row_weights[task][:, None] * weight))
+        curvature.append((rows, G, p * (1 - p) * r[:, None] * weight.to(torch.float32)))
     return curvature
 
 
@@ -274,20 +289,25 @@ def _hvp(curvature, V: torch.Tensor, l2: float) -> torch.Tensor:
     return out
 
 
-def _all_tasks_inverse(data: TaskData, l2: float) -> torch.Tensor:
-    """(mean_j H_j + λI)⁻¹ over all n tasks at w = 0: (d, d), one preconditioner shared by every subset.
+def _shared_inverse(hess: torch.Tensor, l2: float, what: str) -> torch.Tensor:
+    """(mean_j H_j + λI)⁻¹ over all n tasks' Hessians hess (n, d, d): (d, d), one preconditioner for every subset.
 
-    A per-subset preconditioner (the subset's own w = 0 Hessian) needs a d × d factorisation and two triangular solves
-    per CG step for every subset, and those were most of step 3's time (README, "Benchmarks"); the shared one costs one
+    A per-subset preconditioner (the subset's own Hessian) needs a d × d factorisation and two triangular solves per
+    CG step for every subset, and those were most of step 3's time (README, "Benchmarks"); the shared one costs one
     factorisation per call and a matrix product per CG step for all subsets at once, for a few more CG steps."""
-    d = data.project_dim
-    hess = data.hess.mean(0) + l2 * torch.eye(d, dtype=torch.float64, device=data.device)
-    return torch.cholesky_inverse(_cholesky(hess[None], "of all tasks at w = 0")[0])
+    d = hess.shape[-1]
+    matrix = hess.mean(0) + l2 * torch.eye(d, dtype=torch.float64, device=hess.device)
+    return torch.cholesky_inverse(_cholesky(matrix[None], what)[0])
+
+
+def _all_tasks_inverse(data: TaskData, l2: float) -> torch.Tensor:
+    """(mean_j H_j + λI)⁻¹ over all n tasks at w = 0: (d, d) float64 (:func:`_shared_inverse`)."""
+    return _shared_inverse(data.hess, l2, "of all tasks at w = 0")
 
 
 def _pcg(curvature, rhs: torch.Tensor, inverse: torch.Tensor, l2: float, rtol: torch.Tensor, max_iter: int) -> torch.Tensor:
     """Solve ∇²L_S x = rhs (k, d) by conjugate gradients preconditioned with ``inverse`` (d, d, symmetric positive
-    definite: :func:`_all_tasks_inverse`), per subset until ‖residual‖ ≤ rtol ‖rhs‖ (rtol (k,))."""
+    definite: :func:`_shared_inverse`), per subset until ‖residual‖ ≤ rtol ‖rhs‖ (rtol (k,)), in the dtype of rhs."""
     x = torch.zeros_like(rhs)
     r = rhs.clone()
     z = r @ inverse
@@ -317,46 +337,32 @@ def _onestep(data: TaskData, subsets: list[tuple[int, ...]], l2: float) -> torch
     return -_chol_solve(factors, grad)
 
 
-def _newton(data: TaskData, subsets: list[tuple[int, ...]], l2: float, max_iter: int, tol: float, hessian: str):
-    """Damped Newton for k subsets at once, warm-started from one preconditioned gradient step.
+def _damped_newton(data: TaskData, subsets, W: torch.Tensor, l2: float, tol: float, max_iter: int, n_iter, direction):
+    """Damped Newton for k subsets from W (k, d) until max|∇L_S| <= tol, in W's dtype; returns (W, loss, grad, n_iter).
 
-    Each step solves ∇²L_S Δ = −∇L_S for the subsets not yet converged — with the explicit Hessians
-    (``hessian="explicit"``, IRLS) or by preconditioned conjugate gradients on Hessian-vector products
-    (``hessian="cg"``, inexact Newton with forcing term min(0.1, √max|∇L_S|), so convergence stays superlinear) — and
-    backtracks (halving, Armijo) per subset; a subset whose step cannot decrease the objective within
-    ``_MAX_HALVINGS`` halvings stops where it is.
+    ``direction(subsets, W, grad, tol)`` gives the (approximate) Newton steps of the subsets not yet converged; each is
+    backtracked (halving, Armijo) per subset, and a subset whose step cannot decrease the objective within
+    ``_MAX_HALVINGS`` halvings stops where it is. n_iter (k,) int64 counts accepted steps (at most ``max_iter``).
     """
-    if hessian == "cg":  # one shared preconditioner; its step from w = 0 is the start
-        inverse = _all_tasks_inverse(data, l2)
-        W = -(_membership(data, subsets) @ data.grad) @ inverse
-    else:  # the one-step solution (each subset's own w = 0 Hessian)
-        factors, shared_grad = _shared_system(data, subsets, l2)
-        W = -_chol_solve(factors, shared_grad)
     loss, grad = _loss_grad(data, subsets, W, l2)
-    n_iter = torch.zeros(len(subsets), dtype=torch.int64, device=W.device)
     stalled = torch.zeros(len(subsets), dtype=torch.bool, device=W.device)
+    rounding = 1e-12 if W.dtype == torch.float64 else 1e-6  # relative rounding of the loss near the optimum
     for _ in range(max_iter):
         grad_norm = grad.abs().amax(1)
-        active = ((grad_norm > tol) & ~stalled).nonzero().flatten()
+        active = ((grad_norm > tol) & ~stalled & (n_iter < max_iter)).nonzero().flatten()
         if len(active) == 0:
             break
         active_subsets = [subsets[i] for i in active.tolist()]
-        if hessian == "explicit":
-            step = -_solve(_hessian(data, active_subsets, W[active], l2), grad[active])
-        else:
-            rtol = grad_norm[active].sqrt().clamp(max=0.1)
-            curvature = _curvature(data, active_subsets, W[active])
-            step = _pcg(curvature, -grad[active], inverse, l2, rtol, max_iter=data.project_dim)
+        step = direction(active_subsets, W[active], grad[active], tol)
         slope = (grad[active] * step).sum(1)
         base = loss[active]
-        t = torch.ones(len(active), dtype=torch.float64, device=W.device)
+        t = torch.ones(len(active), dtype=W.dtype, device=W.device)
         pending = torch.ones(len(active), dtype=torch.bool, device=W.device)
         for _ in range(_MAX_HALVINGS):
             idx = pending.nonzero().flatten()
             candidate = W[active[idx]] + t[idx, None] * step[idx]
             new_loss, new_grad = _loss_grad(data, [active_subsets[i] for i in idx.tolist()], candidate, l2)
-            slack = 1e-12 * (1 + base[idx].abs())  # float64 rounding of the loss near the optimum
-            ok = new_loss <= base[idx] + _ARMIJO * t[idx] * slope[idx] + slack
+            ok = new_loss <= base[idx] + _ARMIJO * t[idx] * slope[idx] + rounding * (1 + base[idx].abs())
             accept = active[idx[ok]]
             W[accept], loss[accept], grad[accept] = candidate[ok], new_loss[ok], new_grad[ok]
             n_iter[accept] += 1
@@ -366,6 +372,81 @@ def _newton(data: TaskData, subsets: list[tuple[int, ...]], l2: float, max_iter:
                 break
         stalled[active[pending]] = True
     return W, loss, grad, n_iter
+
+
+def _newton(data: TaskData, subsets: list[tuple[int, ...]], l2: float, max_iter: int, tol: float):
+    """Damped Newton (IRLS) with explicit float64 Hessians for k subsets, from the one-step solution."""
+    n_iter = torch.zeros(len(subsets), dtype=torch.int64, device=data.device)
+
+    def direction(active_subsets, W, grad, tol):
+        return -_solve(_hessian(data, active_subsets, W, l2), grad)
+
+    return _damped_newton(data, subsets, _onestep(data, subsets, l2), l2, tol, max_iter, n_iter, direction)
+
+
+class _Start(NamedTuple):
+    """Where newton-cg linearises every subset: weights ``point`` (d,), each task's mean-loss gradient there ``grad``
+    (n, d), and the shared preconditioner ``inverse`` (mean_j H_j(point) + λI)⁻¹ (d, d); float64."""
+
+    point: torch.Tensor
+    grad: torch.Tensor
+    inverse: torch.Tensor
+
+
+def newton_cg_start(data: TaskData, l2: float, max_iter: int = 50, tol: float = 1e-8) -> _Start:
+    """newton-cg's linearisation point for every subset: the all-tasks solution ŵ_{all}, cached in ``data.starts``.
+
+    Nearer each subset's optimum than w = 0, so one preconditioned gradient step from it saves about a Newton step per
+    subset on the embedded default (README, "Benchmarks"); it costs one fit on all rows and one Gram matrix per task,
+    once per (data, λ) — per-task work, which :func:`fit_subsets` computes on first use (call this first to count it
+    apart from the per-subset work). Only the speed depends on it, not the optimum.
+    """
+    key = (float(l2), int(max_iter), float(tol))
+    if key not in data.starts:
+        data.starts[key] = _all_tasks_start(data, l2, max_iter, tol)
+    return data.starts[key]
+
+
+def _all_tasks_start(data: TaskData, l2: float, max_iter: int, tol: float) -> _Start:
+    """:class:`_Start` at the all-tasks solution (itself fitted by newton-cg from w = 0); see :func:`newton_cg_start`."""
+    at_zero = _Start(torch.zeros_like(data.grad[0]), data.grad, _all_tasks_inverse(data, l2))
+    point = _newton_cg(data, [tuple(range(data.n_tasks))], l2, at_zero, max_iter, tol)[0][0]
+    grad, hess = [], []  # the Hessians in float32: they only precondition, and were most of the time in float64
+    for task in range(data.n_tasks):
+        G, o, y, r = data.rows(task)
+        grad.append(G.T @ (r * (torch.sigmoid(o + G @ point) - y)))
+        G, o, _, r = data.rows32[task]
+        p = torch.sigmoid(o + G @ point.to(torch.float32))
+        hess.append((G * (r * p * (1 - p))[:, None]).T @ G)
+    inverse = _shared_inverse(torch.stack(hess).double(), l2, "of all tasks at their joint solution")
+    return _Start(point, torch.stack(grad), inverse)
+
+
+def _newton_cg(data: TaskData, subsets: list[tuple[int, ...]], l2: float, start: _Start, max_iter: int, tol: float):
+    """Inexact Newton for k subsets at once: each Newton system solved by float32 conjugate gradients on Hessian-vector
+    products, preconditioned with ``start.inverse``, from one preconditioned gradient step at ``start.point``.
+
+    Two phases: all in float32 (objective, gradient, line search) to max|∇L_S| <= ``_COARSE_TOL``, then in float64
+    to ``tol`` — so the answer passes the same float64 test as a float64 solver, and only the last one or two
+    steps pay for float64 objectives. CG stops at ‖residual‖ ≤ η ‖∇L_S‖ with the forcing term
+    η = min(0.1, max(√max|∇L_S|, tol / (2‖∇L_S‖))): superlinear convergence, without solving a system more
+    accurately than the gradient test needs (the next gradient is about the CG residual). Returns (W, loss, grad,
+    n_iter) as :func:`_damped_newton`.
+    """
+    W = start.point - (_membership(data, subsets) @ start.grad + l2 * start.point) @ start.inverse
+    inverse = start.inverse.to(torch.float32)
+    n_iter = torch.zeros(len(subsets), dtype=torch.int64, device=data.device)
+
+    def direction(active_subsets, W, grad, tol):
+        forcing = torch.maximum(grad.abs().amax(1).sqrt(), 0.5 * tol / grad.norm(dim=1)).clamp(max=0.1)
+        curvature = _curvature(data, active_subsets, W)
+        rhs = -grad.to(torch.float32)
+        return _pcg(curvature, rhs, inverse, l2, forcing.to(torch.float32), max_iter=data.project_dim).to(W.dtype)
+
+    if tol < _COARSE_TOL:
+        coarse = _damped_newton(data, subsets, W.to(torch.float32), l2, _COARSE_TOL, max_iter, n_iter, direction)
+        W = coarse[0].to(torch.float64)
+    return _damped_newton(data, subsets, W, l2, tol, max_iter, n_iter, direction)
 
 
 def fit_subsets(
@@ -382,10 +463,11 @@ def fit_subsets(
     data: :class:`TaskData` of the n tasks' training rows; subsets: m sequences of task indices; l2: λ ≥ 0;
     solver: ``"onestep"`` — one Newton step from w = 0 with the shared per-task statistics,
     ŵ_S = −(mean_{j∈S} H_j + λI)⁻¹ mean_{j∈S} g_j (a d × d solve per subset); ``"newton"`` — damped Newton (IRLS)
-    with explicit Hessians to ``max|∇L_S| <= tol``, warm-started from the one-step solution, at most ``max_iter``
-    steps; ``"newton-cg"`` — the same to the same tolerance, started from one preconditioned gradient step, each
-    Newton system solved by conjugate gradients on Hessian-vector products preconditioned with the all-task w = 0
-    Hessian (no d × d Hessian formed or factorised per subset; the fast exact solver).
+    with explicit float64 Hessians to ``max|∇L_S| <= tol`` (float64), warm-started from the one-step solution;
+    ``"newton-cg"`` — the same optimum to the same float64 test, started from the all-tasks solution, each Newton
+    system solved by float32 conjugate gradients on Hessian-vector products preconditioned with the all-task
+    Hessian there, and the first Newton steps taken in float32 (:func:`_newton_cg`; no d × d Hessian formed or
+    factorised per subset; the fast exact solver). Both Newton solvers take at most ``max_iter`` steps per subset.
     Returns a :class:`SubsetFit` (weights (m, d) float64 and convergence info); the batch size changes only speed.
     """
     if solver not in SOLVERS:
@@ -395,16 +477,18 @@ def fit_subsets(
     if batch_size < 1 or max_iter < 0 or not tol > 0:
         raise UsageError(f"need batch_size >= 1, max_iter >= 0, tol > 0; got {batch_size}, {max_iter}, {tol}")
     subsets = check_subsets(subsets, data.n_tasks)
+    start = newton_cg_start(data, l2, max_iter, tol) if solver == "newton-cg" else None
     parts = []
-    for start in range(0, len(subsets), batch_size):
-        batch = subsets[start : start + batch_size]
+    for first in range(0, len(subsets), batch_size):
+        batch = subsets[first : first + batch_size]
         if solver == "onestep":
             W = _onestep(data, batch, l2)
             loss, grad = _loss_grad(data, batch, W, l2)
             n_iter = torch.ones(len(batch), dtype=torch.int64, device=W.device)
+        elif solver == "newton":
+            W, loss, grad, n_iter = _newton(data, batch, l2, max_iter, tol)
         else:
-            hessian = "explicit" if solver == "newton" else "cg"
-            W, loss, grad, n_iter = _newton(data, batch, l2, max_iter, tol, hessian)
+            W, loss, grad, n_iter = _newton_cg(data, batch, l2, start, max_iter, tol)
         parts.append((W, loss, grad.abs().amax(1), n_iter))
     W, loss, grad_norm, n_iter = (torch.cat(column) for column in zip(*parts, strict=True))
     return SubsetFit(W, loss, grad_norm, n_iter, grad_norm <= tol)

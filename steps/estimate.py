@@ -37,7 +37,7 @@ from gradtag.flops import count_flops, format_flops
 from gradtag.gradients import flat_params, set_flat_params, taylor_logits
 from gradtag.health import base_verdict
 from gradtag.projection import projector_from_spec
-from gradtag.regression import BATCH_SIZE, SOLVERS, fit_subsets, prepare_tasks
+from gradtag.regression import BATCH_SIZE, SOLVERS, fit_subsets, newton_cg_start, prepare_tasks
 from gradtag.regression import linearized_scores as regression_scores
 from gradtag.results import read_results, read_subsets, subset_key, write_results
 from gradtag.scores import METRICS, is_pairwise, save_affinity, score_records
@@ -320,6 +320,8 @@ def base_estimator(job, folder: Path, config: dict, num_tasks: int, needed: list
         device=device,
         row_weights_list=[class_weights(y[:, None] > 0.5, np.ones((len(y), 1), bool), balanced)[:, 0] for y in labels],
     )
+    if solver == "newton-cg":  # its start is per-task work: fitted here, so the FLOP count does not scale it with m
+        newton_cg_start(task_data, job.l2)
 
     def estimate_regression(subsets, l2):
         fit = fit_subsets(task_data, subsets, l2, solver=solver, batch_size=job.batch_size)

@@ -153,3 +153,26 @@ def test_two_threads_give_the_one_thread_solution(solver):
         torch.testing.assert_close(fit_subsets(data, subsets, L2, solver=solver).weights, reference)
     finally:
         torch.set_num_threads(threads)
+
+
+def test_newton_cg_matches_float64_newton_at_full_dimension():
+    """newton-cg's float32 Hessian products and first phase must not move the answer: the same weights as Newton with
+    explicit float64 Hessians (a solve per step) to 1e-6, and a float64 gradient under the tolerance."""
+    data = prepare_tasks(*make_tasks(seed=6, n=8, d=200))
+    subsets = [tuple(np.random.default_rng(k).choice(8, 4, replace=False).tolist()) for k in range(20)]
+    fit = fit_subsets(data, subsets, L2, solver="newton-cg", tol=1e-10)
+    reference = fit_subsets(data, subsets, L2, solver="newton", tol=1e-10)
+    assert fit.converged.all() and reference.converged.all()
+    assert (fit.weights - reference.weights).abs().max() < 1e-6
+    for row, subset in enumerate(subsets[:3]):
+        gradient = torch.func.grad(lambda w, s=subset: objective(data, s, w))(fit.weights[row])
+        assert gradient.abs().max() < 1e-10
+
+
+def test_newton_cg_with_a_coarse_tolerance_stays_float64():
+    """A tolerance above the float32 phase's stops there; the weights and the test are still float64."""
+    data = prepare_tasks(*make_tasks(seed=7))
+    fit = fit_subsets(data, SUBSETS, L2, tol=1e-4)
+    assert fit.weights.dtype == torch.float64 and fit.converged.all() and (fit.grad_norm <= 1e-4).all()
+    for row, subset in enumerate(SUBSETS):
+        np.testing.assert_allclose(fit.weights[row].numpy(), fit_subset_scipy(data, subset, L2), atol=1e-2)
