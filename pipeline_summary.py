@@ -51,9 +51,7 @@ def summary_markdown(groups: dict, training: dict | None, comparison: dict | Non
         lines[-1] += f"; adjusted Rand index against the planted groups: **{groups['ari']:.3f}**"
     if training:
         # graphs record macro-F1 (avg_test_f1), text tasks accuracy (avg_test_accuracy): the domain's metric
-        key, title = next(
-            (key, title) for key, title in TRAINING_METRICS.items() if all(key in row for row in training.values())
-        )
+        key, title = next((key, title) for key, title in TRAINING_METRICS.items() if all(key in row for row in training.values()))
         lines += ["", f"| method | models | avg test {title} |", "|---|---|---|"]
         for method, row in training.items():
             score = "–" if row[key] is None else f"{row[key]:.3f}"

@@ -12,8 +12,7 @@ as :func:`flat_params`, :func:`set_flat_params` and the rows of the :class:`~gra
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -22,6 +21,7 @@ from torch.func import functional_call, grad, jvp, vjp, vmap
 from tqdm.auto import tqdm
 
 from gradtag.projection import KroneckerProjector, Projector
+from models.modes import eval_mode
 
 GRADIENT_METHODS = ("factored", "shared", "per_pair")
 
@@ -71,18 +71,6 @@ def unflatten_params(vector: torch.Tensor, shapes: dict[str, torch.Size]) -> dic
     if offset != vector.numel():
         raise ValueError(f"expected a vector of {offset} entries (trainable parameters), got {vector.numel()}")
     return pieces
-
-
-@contextlib.contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Put every submodule in eval mode for the block, then restore each one's own ``training`` flag."""
-    flags = [(module, module.training) for module in model.modules()]
-    model.eval()
-    try:
-        yield model
-    finally:
-        for module, training in flags:
-            module.training = training
 
 
 def _state(model: nn.Module, device: torch.device | str | None) -> tuple[dict, dict]:

@@ -404,22 +404,6 @@ class KroneckerProjector:
         sketches = [g.flatten(1) if pair is None else self._sketch(g, pair) for g, pair in zip(grads, factors, strict=True)]
         return torch.cat(sketches, dim=1) @ mix
 
-    def _input_major(self, offset: int, width_out: int, width_in: int, device, dtype) -> torch.Tensor:
-        """Rows ``[offset, offset + out·in)`` of P, a weight matrix's, laid out (in, out·d) so that one matrix product
-        contracts them with the layer's inputs; cached under the same budget as the blocks."""
-        key = (str(torch.device(device)), dtype)
-        cache = self._cache.setdefault(key, {})
-        name = ("input_major", offset, width_out, width_in)
-        if name in cache:
-            return cache[name]
-        rows = self.rows(offset, offset + width_out * width_in, device, dtype).view(width_out, width_in, -1)
-        layout = rows.permute(1, 0, 2).reshape(width_in, -1)
-        size = layout.numel() * layout.element_size()
-        if self._cached_bytes.get(key, 0) + size <= self.cache_bytes:
-            cache[name] = layout
-            self._cached_bytes[key] = self._cached_bytes.get(key, 0) + size
-        return layout
-
     def project_layers(self, parts: Sequence[torch.Tensor | tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
         """As :meth:`Projector.project_layers`: parts per parameter, (b, K, *shape) or (inputs (b, in), errors
         (b, K, out)) for a weight matrix; returns (b, K, d). A factored weight is sketched without forming δ aᵀ."""

@@ -13,7 +13,6 @@ the comparison read both domains alike.
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +23,7 @@ from gradtag.artifacts import UsageError, atomic_path, check_compatible, read_co
 from gradtag.checkpoints import load_weights
 from gradtag.flops import SampledFlops
 from gradtag.gradients import output_gradient_factors
-from gradtag.training import TrainConfig, binary_f1
+from gradtag.training import TrainConfig, binary_f1, run_schedule
 from models.text import build_text_model, encode_text_batch, model_inputs, output_gradients, predict
 
 MAX_LENGTH = 128  # input tokens kept per rendered example (longer inputs are cut on the right)
@@ -125,54 +124,35 @@ def train_model(model, dataset, tasks: list[int], config: TrainConfig, device, s
     optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
     generator = torch.Generator().manual_seed(seed)
     step_flops, eval_flops = SampledFlops(), SampledFlops()
-    best_key, best_state, best_epoch, best_loss, last_progress, steps, epoch = None, None, 0, float("inf"), 0, 0, 0
-    max_epochs = config.epochs if config.fixed_steps is None else 10**9
-    bar = tqdm(total=config.fixed_steps or config.epochs, desc="train text", disable=not progress, leave=False)
-    for epoch in range(max_epochs):
+
+    def epoch_batches():
         model.train()
         order = torch.randperm(len(inputs), generator=generator).numpy()
         for start in range(0, len(order), config.batch_size):
-            rows = order[start : start + config.batch_size]
-            batch = encode(model, [inputs[i] for i in rows], [choices[i] for i in rows], device)
-            with step_flops.measure(len(rows)):
-                margins = model(**model_inputs(model, batch))
-                losses = torch.nn.functional.binary_cross_entropy_with_logits(
-                    margins, labels_t[rows].to(device), reduction="none"
-                )
-                # weights sum to 1 per task over the whole training set: rescale to this batch's share
-                loss = (losses * weights[rows].to(device)).sum() * len(order) / len(rows) / len(tasks)
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-            steps += 1
-            if config.fixed_steps is not None:
-                bar.update()
-                if steps >= config.fixed_steps:
-                    break
-        if config.fixed_steps is not None:
-            if steps >= config.fixed_steps:
-                break
-            continue
-        bar.update()
-        if epoch % config.eval_every and epoch != max_epochs - 1:
-            continue
+            yield order[start : start + config.batch_size]
+
+    def take_step(rows) -> None:
+        batch = encode(model, [inputs[i] for i in rows], [choices[i] for i in rows], device)
+        with step_flops.measure(len(rows)):
+            margins = model(**model_inputs(model, batch))
+            losses = torch.nn.functional.binary_cross_entropy_with_logits(margins, labels_t[rows].to(device), reduction="none")
+            # weights sum to 1 per task over the whole training set: rescaled to this batch's share of it
+            loss = (losses * weights[rows].to(device)).sum() * len(inputs) / len(rows) / len(tasks)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+
+    def validate() -> tuple[float, float]:
         scores = evaluate(model, dataset, tasks, device, splits=("val",), flops=eval_flops)["val"]
-        key = (scores["mean_accuracy"], -scores["mean_loss"])
-        if scores["mean_loss"] < best_loss:
-            best_loss, last_progress = scores["mean_loss"], epoch
-        if best_key is None or key > best_key:
-            best_key, best_state, best_epoch = key, copy.deepcopy(trainable_state(model)), epoch
-        elif epoch - max(best_epoch, last_progress) >= config.patience:
-            break
-    bar.close()
-    if best_state is not None:
-        model.load_state_dict(best_state, strict=False)
-    return {
-        "epochs_run": epoch + 1,
-        "steps": steps,
-        "best_epoch": best_epoch if best_state is not None else None,
-        "flops": step_flops.total + eval_flops.total,
-    }
+        return scores["mean_accuracy"], scores["mean_loss"]
+
+    def restore(state) -> None:
+        model.load_state_dict(state, strict=False)
+
+    summary = run_schedule(
+        config, epoch_batches, take_step, validate, lambda: trainable_state(model), restore, progress, "train text"
+    )
+    return {**summary, "flops": step_flops.total + eval_flops.total}
 
 
 def task_loss_gradients(model, dataset, tasks: list[int], balanced: bool, device) -> torch.Tensor:

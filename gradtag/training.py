@@ -196,26 +196,65 @@ def train_model(
     labels = torch.as_tensor(dataset.labels[:, tasks], dtype=torch.float32)
     task_index = torch.as_tensor(tasks, device=device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    step_flops, eval_flops = SampledFlops(), SampledFlops()
+
+    def epoch_batches():
+        model.train()
+        order = nodes[torch.randperm(len(nodes), generator=generator)]
+        for start in range(0, len(order), config.batch_size):
+            yield order[start : start + config.batch_size]
+
+    def take_step(batch) -> None:
+        with step_flops.measure(len(batch)):
+            logits = model(dataset.features[batch].to(device))[:, task_index]
+            loss = masked_bce(logits, labels[batch].to(device), weights[batch].to(device))
+            if config.weight_decay:
+                loss = loss + config.weight_decay / 2 * l2_penalty(model, task_index)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+
+    def validate() -> tuple[float, float]:
+        scores = evaluate(model, dataset, tasks, device, splits=("val",), flops=eval_flops)["val"]
+        return scores["macro_f1"], scores["mean_loss"]
+
+    summary = run_schedule(
+        config,
+        epoch_batches,
+        take_step,
+        validate,
+        lambda: copy.deepcopy(model.state_dict()),
+        model.load_state_dict,
+        progress,
+        "train",
+    )
+    return {**summary, "flops": step_flops.total + eval_flops.total}
+
+
+def run_schedule(config: TrainConfig, epoch_batches, take_step, validate, snapshot, restore, progress: bool, desc: str) -> dict:
+    """The training schedule both domains share (:func:`train_model`, ``gradtag.text_training.train_model``).
+
+    With ``config.fixed_steps``: exactly that many steps, the last weights kept. Otherwise up to ``config.epochs``
+    epochs, validated every ``eval_every`` (and at the last), keeping the weights of the best (score, −loss) and
+    stopping after ``patience`` epochs in which neither that key nor the validation loss improved.
+
+    Args:
+        epoch_batches: () -> the batches of one epoch (called once per epoch, in order).
+        take_step: batch -> None, one optimiser step.
+        validate: () -> (selection score, mean loss) on the validation split; higher scores are better.
+        snapshot: () -> a copy of the weights to keep; restore: that copy -> None.
+
+    Returns ``epochs_run``, ``steps`` and ``best_epoch`` (None with fixed steps).
+    """
     best_key, best_state, best_epoch, steps, epoch = None, None, 0, 0, 0
     # patience counts from the last gain in either the selection key or the validation loss: under class imbalance
     # macro-F1 can sit at 0 for many epochs while the model is still learning (the loss keeps falling)
     best_loss, last_progress = float("inf"), 0
-    step_flops, eval_flops = SampledFlops(), SampledFlops()
     max_epochs = config.epochs if config.fixed_steps is None else 10**9
-    bar = tqdm(total=config.fixed_steps or config.epochs, desc="train", disable=not progress, leave=False)
+    bar = tqdm(total=config.fixed_steps or config.epochs, desc=desc, disable=not progress, leave=False)
     for epoch in range(max_epochs):
-        model.train()
-        order = nodes[torch.randperm(len(nodes), generator=generator)]
-        for start in range(0, len(order), config.batch_size):
-            batch = order[start : start + config.batch_size]
-            with step_flops.measure(len(batch)):
-                logits = model(dataset.features[batch].to(device))[:, task_index]
-                loss = masked_bce(logits, labels[batch].to(device), weights[batch].to(device))
-                if config.weight_decay:
-                    loss = loss + config.weight_decay / 2 * l2_penalty(model, task_index)
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
+        for batch in epoch_batches():
+            take_step(batch)
             steps += 1
             if config.fixed_steps is not None:
                 bar.update()
@@ -228,23 +267,18 @@ def train_model(
         bar.update()
         if epoch % config.eval_every and epoch != max_epochs - 1:
             continue
-        scores = evaluate(model, dataset, tasks, device, splits=("val",), flops=eval_flops)["val"]
-        key = (scores["macro_f1"], -scores["mean_loss"])
-        if scores["mean_loss"] < best_loss:
-            best_loss, last_progress = scores["mean_loss"], epoch
+        score, loss = validate()
+        key = (score, -loss)
+        if loss < best_loss:
+            best_loss, last_progress = loss, epoch
         if best_key is None or key > best_key:
-            best_key, best_state, best_epoch = key, copy.deepcopy(model.state_dict()), epoch
+            best_key, best_state, best_epoch = key, snapshot(), epoch
         elif epoch - max(best_epoch, last_progress) >= config.patience:
             break
     bar.close()
     if best_state is not None:
-        model.load_state_dict(best_state)
-    return {
-        "epochs_run": epoch + 1,
-        "steps": steps,
-        "best_epoch": best_epoch if best_state is not None else None,
-        "flops": step_flops.total + eval_flops.total,
-    }
+        restore(best_state)
+    return {"epochs_run": epoch + 1, "steps": steps, "best_epoch": best_epoch if best_state is not None else None}
 
 
 # ---------------------------------------------------------------------------------------------------------- checkpoints

@@ -34,6 +34,8 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad_and_value, vmap
 
+from models.modes import eval_mode
+
 KINDS = ("encoder", "seq2seq")
 DEFAULT_LORA_RANK = 4  # the paper's LoRA rank for its text experiments
 DEFAULT_LORA_ALPHA = 8.0  # alpha = 2 * rank: LoRA's update is scaled by alpha / rank = 2
@@ -420,18 +422,6 @@ def trainable_names(model: nn.Module) -> list[str]:
     return [name for name, param in model.named_parameters() if param.requires_grad]
 
 
-@contextlib.contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Every submodule in eval mode (dropout off) for the block, then each one's own ``training`` flag restored."""
-    flags = [(module, module.training) for module in model.modules()]
-    model.eval()
-    try:
-        yield model
-    finally:
-        for module, training in flags:
-            module.training = training
-
-
 def model_inputs(model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The keys of ``batch`` that the model's forward takes (choices only for seq2seq)."""
     keys = (
@@ -469,7 +459,7 @@ def output_gradients(
         one = {key: value.unsqueeze(0) for key, value in example.items()}
         return functional_call(model, (params, constants), args=(), kwargs=one).squeeze(0)
 
-    with _eval_mode(model):
+    with eval_mode(model):
         if vectorize:
             grads, outputs = vmap(grad_and_value(single), in_dims=(None, 0))(params, inputs)
             return [grads[name] for name in params], outputs
@@ -484,7 +474,7 @@ def predict(model: nn.Module, batch: dict[str, torch.Tensor], batch_size: int = 
     """f(x_b; θ) for every example, (B,) float, in eval mode and in chunks of ``batch_size`` examples."""
     inputs = model_inputs(model, batch)
     count = len(inputs["input_ids"])
-    with _eval_mode(model):
+    with eval_mode(model):
         parts = [model(**slice_batch(inputs, start, start + batch_size)) for start in range(0, count, batch_size)]
     return torch.cat(parts) if parts else torch.empty(0)
 
