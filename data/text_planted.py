@@ -1,27 +1,31 @@
-"""The embedded text default: generated sentence pairs whose instructions come in planted groups (offline, tiny).
+"""The embedded text default: generated short phrases (or sentence pairs) and instructions in planted groups (offline).
 
-Each example is a pair of short sentences built from a small vocabulary, each sentence naming one value of every
-attribute (colour, animal, place, time, action): "The red fox ran by the river at dawn." Instruction group g asks
-about attribute g only, in its own wording style (a prefix and a pair of answer words); its instructions are
-paraphrases of one question in different layouts. The label of an (example, instruction) pair is the answer for
-the group's attribute:
+Rule ``"polarity"`` (the default): each example is one short phrase naming one value of four attributes (colour,
+animal, place, action), "the red fox ran by the lake" (~10 tokens, so that every step is cheap on a CPU: the cost
+of a text step grows with the input length). Group g < 4 asks whether attribute g is of a given kind (a warm colour,
+a bird, a place by water, a moving action); group g + 4, if asked for, asks for the complement (a cool colour, ...,
+label flipped). Each group has its own prefix and answer words, its instructions are different (question, layout)
+pairs: "Question: Is the colour warm? the red fox ran by the lake", "a grey owl sat near the hill. Quiz. Bird, yes or
+no?". Each attribute's answer is drawn independently with probability 1/2 for every example.
 
-- ``rule="match"`` (a sentence-pair task, the default): do both sentences name the same value of the attribute?
-- ``rule="kind"`` (easier: linear in the words): is the second sentence's value of the attribute of a given kind
-  (a warm colour, a bird, a place by water, daylight, a moving action)?
+The two older rules ask about two sentences ("The red fox ran by the river at dawn."), ~45 tokens per input:
 
-Every attribute's answer is drawn independently with probability 1/2 for every example, so why it should have
-structure:
+- ``rule="match"``: do both sentences name the same value of the attribute?
+- ``rule="kind"``: is the second sentence's value of the attribute of a given kind?
+
+Why the truth has structure (measured with MiniLM + LoRA, README "The embedded text default"):
 
 - Within a group, tasks share their labelling rule exactly and differ only in wording and in which examples they
   get; each task has few training examples, so the other tasks of its group are extra data for the same rule: they
   help.
-- Across groups, labels on the same input are independent: another group's examples teach nothing about this
-  group's rule, and a model with a shared output (or a narrow shared adapter) must spend capacity on them, or is
-  taught the wrong answer for inputs that differ only in the question: they are neutral at best, usually harmful.
+- Across groups (different attributes), labels on the same input are independent: another group's examples teach
+  nothing about this group's rule and take a share of a shared update: neutral at best.
+- Complement groups (g and g + 4) do not conflict once θ* reads the question: measured (an earlier 2-attribute
+  layout), a partner of the other pole lowered a task's validation loss by 0.03 per partner (pooled over tasks), a
+  same-group one by 0.06: they share the attribute's features, so one attribute is one cluster; the default's four
+  groups ask about four different attributes.
 
-The true grouping, task t in group ``t // tasks_per_group``, is what later steps are scored against. Not vetted
-with a model here: whether MiniLM + LoRA learns the rule in a few epochs is for the benchmark to measure.
+The true grouping, task t in group ``t // tasks_per_group``, is what later steps are scored against.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ from data.text import SPLITS, TextDataset, TextExamples, build_text_dataset
 from gradtag.artifacts import UsageError, atomic_path, write_json
 
 NAME = "text_planted"
-RULES = ("match", "kind")
+RULES = ("polarity", "match", "kind")
 # attribute -> (noun in questions, the kind (rule "kind": a noun phrase), values of that kind, the other values)
 ATTRIBUTES = {
     "colour": ("colour", "a warm colour", ("red", "orange", "yellow", "pink"), ("blue", "green", "purple", "grey")),
@@ -64,6 +68,9 @@ STYLES = (
     ("Check this:", "Wrong ||| Right"),
     ("Task:", "Incorrect ||| Correct"),
     ("Tell me.", "Negative ||| Positive"),
+    ("Answer this:", "Nope ||| Yep"),
+    ("Please reply.", "Disagree ||| Agree"),
+    ("Q:", "N ||| Y"),
 )
 QUESTIONS = {
     "match": (
@@ -83,6 +90,28 @@ QUESTIONS = {
         "Would you say the second sentence has {kind}?",
     ),
 }
+# Rule "polarity": per attribute, the two opposite questions (kind, its complement) asked of one short phrase.
+# attribute -> (noun in questions, the answer-1 description of group 2a, that of group 2a + 1 (the complement))
+POLES = {
+    "colour": ("colour", "warm", "cool"),
+    "animal": ("animal", "a bird", "a mammal"),
+    "place": ("place", "by water", "on dry land"),
+    "action": ("action", "moving", "resting"),
+}
+PHRASES = (  # one short phrase per example (few tokens: the text default's cost grows with the input length)
+    "the {colour} {animal} {action} by the {place}",
+    "a {colour} {animal} {action} near the {place}",
+    "by the {place} a {colour} {animal} {action}",
+)
+POLE_QUESTIONS = (
+    "Is the {noun} {word}?",
+    "{Noun}: {word}?",
+    "Would you say the {noun} is {word}?",
+    "Is it {word}?",
+    "{Word}, yes or no?",
+    "Tell me if the {noun} is {word}.",
+)
+POLE_LAYOUTS = ("{q} {{{{phrase}}}}", "{{{{phrase}}}}. {q}", "{{{{phrase}}}} - {q}")
 # Where the sentences go relative to the question ({q}: the prefix and question; {a}: the answer words).
 LAYOUTS = (
     "{q}\nSentence A: {{{{sentence1}}}}\nSentence B: {{{{sentence2}}}}\nAnswer {a}.",
@@ -97,6 +126,15 @@ def _sentence(rng: np.random.Generator, values: dict) -> str:
 
 
 def _example(rng: np.random.Generator, rule: str) -> dict:
+    if rule == "polarity":
+        values, labels = {}, {}
+        for attribute in POLES:
+            _, _, kind, other = ATTRIBUTES[attribute]
+            answer = int(rng.random() < 0.5)
+            pool = kind if answer else other
+            values[attribute] = pool[rng.integers(len(pool))]
+            labels[f"label_{attribute}"] = answer
+        return {"phrase": PHRASES[rng.integers(len(PHRASES))].format(**values), **labels}
     first, second, labels = {}, {}, {}
     for attribute, (_, _, kind, other) in ATTRIBUTES.items():
         values = kind + other
@@ -119,11 +157,14 @@ def default_templates(num_instructions: int, num_groups: int, rule: str, seed: i
     (question, layout) pair drawn from ``seed``. Task names ``g<group>_<attribute>_t<k>``."""
     if rule not in RULES:
         raise UsageError(f"unknown rule {rule!r} for the text default: choose one of {', '.join(RULES)}")
-    if num_groups < 1 or num_groups > min(len(ATTRIBUTES), len(STYLES)):
-        raise UsageError(f"the text default has 1 to {min(len(ATTRIBUTES), len(STYLES))} groups, not {num_groups}")
+    most = 2 * len(POLES) if rule == "polarity" else min(len(ATTRIBUTES), len(STYLES))
+    if num_groups < 1 or num_groups > most:
+        raise UsageError(f"the text default has 1 to {most} groups, not {num_groups}")
     if num_instructions < num_groups or num_instructions % num_groups:
         raise UsageError(f"--num-tasks {num_instructions} must be a positive multiple of the number of groups {num_groups}")
     per_group = num_instructions // num_groups
+    if rule == "polarity":
+        return _polarity_templates(num_groups, per_group, seed)
     combos = list(itertools.product(range(len(QUESTIONS[rule])), range(len(LAYOUTS))))
     if per_group > len(combos):
         raise UsageError(f"the text default has at most {len(combos)} distinct instructions per group, not {per_group}")
@@ -142,12 +183,36 @@ def default_templates(num_instructions: int, num_groups: int, rule: str, seed: i
     return templates, groups
 
 
+def _polarity_templates(num_groups: int, per_group: int, seed: int) -> tuple[list[Template], list[list[int]]]:
+    """Rule "polarity": group g asks whether attribute ``list(POLES)[g % 4]`` of the phrase is of its first kind
+    (g < 4) or of the complementary one (g >= 4; the label is flipped), in style g; names
+    ``g<group>_<attribute>_<pole>_t<k>``. Up to four groups thus ask about four different attributes."""
+    combos = list(itertools.product(range(len(POLE_QUESTIONS)), range(len(POLE_LAYOUTS))))
+    if per_group > len(combos):
+        raise UsageError(f"the text default has at most {len(combos)} distinct instructions per group, not {per_group}")
+    templates, groups = [], []
+    for group in range(num_groups):
+        attribute, pole = list(POLES)[group % len(POLES)], group // len(POLES)
+        noun, word = POLES[attribute][0], POLES[attribute][1 + pole]
+        prefix, choices = STYLES[group]
+        label = f"label_{attribute}" if pole == 0 else f"1 - label_{attribute}"
+        order = np.random.default_rng([seed, group]).permutation(len(combos))[:per_group]
+        groups.append(list(range(len(templates), len(templates) + per_group)))
+        for k, combo in enumerate(order):
+            question, layout = combos[combo]
+            asked = POLE_QUESTIONS[question].format(noun=noun, Noun=noun.capitalize(), word=word, Word=word.capitalize())
+            jinja = POLE_LAYOUTS[layout].format(q=f"{prefix} {asked}") + f" ||| {{{{ answer_choices[{label}] }}}}"
+            name = f"g{group}_{attribute}_{word.split()[-1]}_t{k}"
+            templates.append(Template(name, jinja, choices, source=NAME))
+    return templates, groups
+
+
 def generate_text_default(
     seed: int = 0,
     num_instructions: int = 20,
     num_groups: int = 4,
     pool_sizes: tuple[int, int, int] = (1000, 400, 800),
-    rule: str = "match",
+    rule: str = "polarity",
 ) -> tuple[dict[str, TextExamples], list[Template], list[list[int]]]:
     """Generate the default's example pools, its instructions and the planted groups, all from ``seed``.
 
@@ -159,16 +224,18 @@ def generate_text_default(
     """
     templates, groups = default_templates(num_instructions, num_groups, rule, seed)
     rng = np.random.default_rng([seed, 1000])
+    fields = ("phrase",) if rule == "polarity" else ("sentence1", "sentence2")
     records, seen = [], set()
     while len(records) < sum(pool_sizes):
         example = _example(rng, rule)
-        if (example["sentence1"], example["sentence2"]) not in seen:
-            seen.add((example["sentence1"], example["sentence2"]))
+        key = tuple(example[field] for field in fields)
+        if key not in seen:
+            seen.add(key)
             records.append(example)
     splits, start = {}, 0
     for split, size in zip(SPLITS, pool_sizes, strict=True):
         labels = np.full(size, -1, dtype=np.int64)
-        splits[split] = TextExamples(NAME, split, records[start : start + size], labels, ("sentence1", "sentence2"), NAME)
+        splits[split] = TextExamples(NAME, split, records[start : start + size], labels, fields, NAME)
         start += size
     return splits, templates, groups
 
@@ -181,18 +248,19 @@ def load_text_default(
     val_per_task: int = 40,
     test_per_task: int = 100,
     pool_sizes: tuple[int, int, int] = (1000, 400, 800),
-    rule: str = "match",
+    rule: str = "polarity",
     split_seed: int = 0,
     data_dir: str | Path | None = None,
+    recommended: dict | None = None,
 ) -> TextDataset:
     """The embedded text default as a :class:`TextDataset` (:func:`generate_text_default`, then
     :func:`build_text_dataset` with ``examples_per_task`` / ``val_per_task`` / ``test_per_task`` samples per task drawn
     from ``split_seed``). With ``data_dir`` its planted groups and generator files are written there
-    (:func:`write_text_default_files`)."""
+    (:func:`write_text_default_files`). ``recommended``: the training settings the steps take unless told otherwise."""
     splits, templates, groups = generate_text_default(seed, num_instructions, num_groups, pool_sizes, rule)
     options = dict(text_seed=seed, num_tasks=num_instructions, planted_groups=num_groups, pool_sizes=list(pool_sizes), rule=rule)
     dataset = build_text_dataset(
-        NAME, splits, templates, examples_per_task, val_per_task, test_per_task, split_seed, groups, options
+        NAME, splits, templates, examples_per_task, val_per_task, test_per_task, split_seed, groups, options, recommended
     )
     if data_dir is not None:
         write_text_default_files(data_dir, dataset)

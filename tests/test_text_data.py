@@ -1,6 +1,7 @@
 """Text data: SuperGLUE-style JSONL loaders, promptsource YAML and JSON instructions, per-instruction task splits,
 and the embedded text default's planted groups. No model and no download."""
 
+import itertools
 import json
 import sys
 import types
@@ -180,7 +181,7 @@ def test_text_default_is_deterministic_with_planted_groups_and_disjoint_splits(t
     for task in range(first.num_tasks):
         texts = {
             split: {
-                (first.examples[split].records[i]["sentence1"], first.examples[split].records[i]["sentence2"])
+                tuple(first.examples[split].records[i][field] for field in first.examples[split].fields)
                 for i in first.samples(task, split)
             }
             for split in ("train", "val", "test")
@@ -195,3 +196,25 @@ def test_text_default_is_deterministic_with_planted_groups_and_disjoint_splits(t
     assert all(answers[a] == answers[b] for a, b in groups)
     with pytest.raises(UsageError, match="multiple"):
         load_text_default(num_instructions=10, num_groups=4)
+
+
+@pytest.mark.parametrize("rule", ["polarity", "match", "kind"])
+def test_every_rule_gives_one_rule_per_group_and_balanced_labels(rule):
+    splits, templates, groups = generate_text_default(seed=0, num_instructions=8, num_groups=4, rule=rule)
+    examples = [splits["train"].example(i) for i in range(200)]
+    answers = np.array(
+        [[templates[task].answer_choices(ex).index(templates[task].render(ex)[1]) for ex in examples] for task in range(8)]
+    )
+    for members in groups:  # same group: the same label on every example
+        assert all((answers[task] == answers[members[0]]).all() for task in members)
+    firsts = [members[0] for members in groups]  # different groups: different questions (labels agree ~half the time)
+    for a, b in itertools.combinations(firsts, 2):
+        assert 0.3 < (answers[a] == answers[b]).mean() < 0.7
+    assert 0.4 < answers.mean() < 0.6
+
+
+def test_polarity_complement_groups_flip_the_label():
+    splits, templates, groups = generate_text_default(seed=0, num_instructions=8, num_groups=8)
+    example = splits["train"].example(0)
+    answers = [templates[task].answer_choices(example).index(templates[task].render(example)[1]) for task in range(8)]
+    assert [answers[g] + answers[g + 4] for g in range(4)] == [1, 1, 1, 1]  # group g + 4 asks the complement of g
