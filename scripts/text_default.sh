@@ -53,7 +53,5 @@ step cluster python run_clustering.py --affinity results/${NAME}_estimate_higher
 step grouped_training python train_multitask.py --dataset $DATASET --subsets-file results/${DATASET}_groups.txt \
     --baselines --seed $SEED --overwrite "${COMMON[@]}" "${EXTRA[@]}"
 
-# No --training: pipeline_summary.py reads the graph's avg_test_f1, the text summary holds avg_test_accuracy (the
-# grouped / STL / MTL table is printed by the grouped_training step above).
-python pipeline_summary.py --groups results/${DATASET}_groups.json \
+python pipeline_summary.py --groups results/${DATASET}_groups.json --training results/${DATASET}_groups_scratch_summary.json \
     --comparison results/${NAME}_finetune_report.json --times "${TIMES[@]}" --write results/${DATASET}_summary.md
