@@ -23,7 +23,7 @@ from gradtag.artifacts import UsageError, atomic_path, check_compatible, read_co
 from gradtag.checkpoints import load_weights
 from gradtag.flops import SampledFlops
 from gradtag.gradients import output_gradient_factors
-from gradtag.training import TrainConfig, binary_f1, run_schedule
+from gradtag.training import TrainConfig, run_schedule, split_metrics
 from models.text import build_text_model, encode_text_batch, model_inputs, output_gradients, predict
 
 MAX_LENGTH = 128  # input tokens kept per rendered example (longer inputs are cut on the right)
@@ -87,24 +87,9 @@ def evaluate(model, dataset, tasks: list[int], device, splits=("train", "val", "
                 margins = predict_pairs(model, inputs, choices, device)
         else:
             margins = predict_pairs(model, inputs, choices, device)
-        f1s, losses, accuracies, trivial = [], [], [], []
-        for column in range(len(tasks)):
-            rows = owners == column
-            z, y = margins[rows], labels[rows].astype(bool)
-            f1s.append(binary_f1(z > 0, y))
-            losses.append(float(np.mean(np.logaddexp(0, z) - y * z)))
-            accuracies.append(float(np.mean((z > 0) == y)))
-            trivial.append(float(2 * y.sum() / max(y.sum() + len(y), 1)))
-        result[split] = {
-            "f1": f1s,
-            "loss": losses,
-            "accuracy": accuracies,
-            "macro_f1": float(np.mean(f1s)),
-            "mean_loss": float(np.mean(losses)),
-            "mean_accuracy": float(np.mean(accuracies)),
-            "all_positive_f1": trivial,
-            "all_positive_macro_f1": float(np.mean(trivial)),
-        }
+        result[split] = split_metrics(
+            [(margins[owners == column], labels[owners == column].astype(bool)) for column in range(len(tasks))]
+        )
     return result
 
 
