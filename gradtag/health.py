@@ -118,7 +118,8 @@ def assess_base(metrics: dict, grad_norms=None) -> BaseHealth:
     to the split's ``all_positive_macro_f1`` for every task. grad_norms: None or (n,) ‖∇θ L_j(θ*)‖ in the order of the
     tasks (:func:`task_gradient_norms`).
 
-    A task is learned when val F1 > its all-positive val F1 + ``LEARNED_MARGIN``; memorised when train F1 >=
+    A task is learned when val F1 > its all-positive val F1 + ``LEARNED_MARGIN`` (with ``metrics["metric"] ==
+    "accuracy"``, the text domain's: when val accuracy > its majority class's + ``LEARNED_MARGIN``); memorised when train F1 >=
     ``MEMORISED_TRAIN_F1``, train loss <= ``MEMORISED_LOSS`` and val F1 <= train F1 - ``MEMORISED_GAP``; flat when its
     gradient norm is <= ``FLAT_RATIO`` × the ``FLAT_REFERENCE_PERCENTILE``-th percentile of the norms. Unhealthy when
     the learned share is below ``MIN_LEARNED_SHARE``, the memorised share reaches ``MAX_MEMORISED_SHARE`` or the flat
@@ -129,16 +130,22 @@ def assess_base(metrics: dict, grad_norms=None) -> BaseHealth:
     train_loss = np.asarray(train["loss"], dtype=float)
     n = len(val_f1)
     tasks = tuple(int(task) for task in metrics.get("tasks", range(n)))
-    trivial = np.asarray(val.get("all_positive_f1", [val.get("all_positive_macro_f1", 0.0)] * n), dtype=float)
-    learned = val_f1 > trivial + LEARNED_MARGIN
+    if metrics.get("metric", "f1") == "accuracy":
+        score, trivial = np.asarray(val["accuracy"], dtype=float), np.asarray(val["majority_accuracy"], dtype=float)
+        reference = "validation accuracy within {margin} of predicting the majority class"
+    else:
+        score = val_f1
+        trivial = np.asarray(val.get("all_positive_f1", [val.get("all_positive_macro_f1", 0.0)] * n), dtype=float)
+        reference = "validation F1 within {margin} of predicting every node positive"
+    learned = score > trivial + LEARNED_MARGIN
     memorised = (train_f1 >= MEMORISED_TRAIN_F1) & (train_loss <= MEMORISED_LOSS) & (val_f1 <= train_f1 - MEMORISED_GAP)
     problems = []
     share = float(learned.mean()) if n else 0.0
     if share < MIN_LEARNED_SHARE:
         problems.append(
             f"only {int(learned.sum())}/{n} tasks learned ({share:.0%} < {MIN_LEARNED_SHARE:.0%}); tasks "
-            f"{_named([task for task, ok in zip(tasks, learned, strict=True) if not ok])} have validation F1 within "
-            f"{LEARNED_MARGIN} of predicting every node positive"
+            f"{_named([task for task, ok in zip(tasks, learned, strict=True) if not ok])} have "
+            + reference.format(margin=LEARNED_MARGIN)
         )
     if n and memorised.mean() >= MAX_MEMORISED_SHARE:
         problems.append(

@@ -65,13 +65,15 @@ def binary_f1(predicted: np.ndarray, truth: np.ndarray) -> float:
 def split_metrics(per_task) -> dict:
     """Per task, from ``[(logits (N_j,), labels (N_j,) bool)]``: F1 of the positive class (logit > 0), mean BCE and
     accuracy, their means, and the F1 of the trivial predictor "every sample is positive", 2·positives / (positives +
-    samples), per task and averaged — the keys :func:`evaluate` returns for one split (both domains use it)."""
-    f1s, losses, accuracies, trivial = [], [], [], []
+    samples), per task and averaged, and the majority class's accuracy per task — the keys :func:`evaluate` returns
+    for one split (both domains use it)."""
+    f1s, losses, accuracies, trivial, majority = [], [], [], [], []
     for z, y in per_task:
         f1s.append(binary_f1(z > 0, y))
         losses.append(float(np.mean(np.logaddexp(0, z) - y * z)))
         accuracies.append(float(np.mean((z > 0) == y)))
         trivial.append(float(2 * y.sum() / max(y.sum() + len(y), 1)))
+        majority.append(float(max(np.mean(y), 1 - np.mean(y))) if len(y) else 0.0)
     return {
         "f1": f1s,
         "loss": losses,
@@ -81,6 +83,7 @@ def split_metrics(per_task) -> dict:
         "mean_accuracy": float(np.mean(accuracies)),
         "all_positive_f1": trivial,
         "all_positive_macro_f1": float(np.mean(trivial)),
+        "majority_accuracy": majority,
     }
 
 

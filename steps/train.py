@@ -148,6 +148,7 @@ def train_meta_initializations(job, dataset, domain, device, options: dict) -> N
         seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
         metrics = {
             "tasks": tasks,
+            "metric": domain.metric,
             "seconds": seconds,
             "cpu_seconds": cpu_seconds,
             **summary,

@@ -229,3 +229,17 @@ def test_embedded_default_is_healthy(workdir, capsys):
     health = checkpoint_health(workdir / "saved" / "planted" / "all_seed0")
     assert health.healthy and health.learned_share == 1.0 and health.memorised == () and health.flat == ()
     assert "θ* health: 20/20 tasks learned (100%), 0 memorised, 0 flat" in printed and "warning" not in printed
+
+
+def test_text_bases_are_judged_by_accuracy_against_the_majority_class():
+    """A text θ* (metric accuracy) at 0.86 accuracy is learned even where F1 is near the all-positive predictor's;
+    one at the majority class's accuracy is not."""
+    good = metrics(val_f1=0.16)  # F1 alone would call every task unlearned
+    good["metric"] = "accuracy"
+    good["val"]["accuracy"], good["val"]["majority_accuracy"] = [0.86] * N, [0.55] * N
+    assert assess_base(good).healthy and all(assess_base(good).learned)
+    flat = {**good, "val": {**good["val"], "accuracy": [0.56] * N}}
+    health = assess_base(flat)
+    assert not health.healthy and not any(health.learned)
+    assert "majority class" in health.problems[0]
+    assert not assess_base({**good, "metric": "f1"}).healthy  # the graph rule on the same numbers
