@@ -33,6 +33,7 @@ from gradtag.results import read_subsets, write_subsets
 # variable GRADTAG_CACHE_DIR moves it, e.g. to a node-local disk on a cluster.
 CACHE_ENV = "GRADTAG_CACHE_DIR"
 TEXT_KINDS = ("text", "text_planted")
+TEXT_OPTIONS = ("examples_per_task", "eval_per_task", "instructions")  # options only text datasets take
 DEFAULT_CACHE_DIR = Path("datasets") / "cache"
 _SNAP_DEFAULTS = dict(num_tasks=100, train_frac=0.1, val_frac=0.2, embedding_dim=64, noise_dims=0, num_hops=3)
 
@@ -190,9 +191,9 @@ def dataset_options(args: argparse.Namespace) -> dict:
 def _resolve(spec: dict, options: dict) -> dict:
     if spec["kind"] in TEXT_KINDS:
         return _resolve_text(spec, options)
-    graph_only = {key for key in ("examples_per_task", "eval_per_task", "instructions") if options.get(key) is not None}
-    if graph_only:
-        raise UsageError(f"--{', --'.join(sorted(k.replace('_', '-') for k in graph_only))} only apply to text datasets")
+    text_only = sorted(key for key in TEXT_OPTIONS if options.get(key) is not None)
+    if text_only:
+        raise UsageError(f"--{', --'.join(k.replace('_', '-') for k in text_only)} only apply to text datasets")
     resolved = {key: value for key, value in spec["defaults"].items()}
     resolved.update({key: value for key, value in options.items() if value is not None})
     if spec["kind"] == "planted":
@@ -228,11 +229,6 @@ def _resolve_text(spec: dict, options: dict) -> dict:
             f"--num-tasks {resolved['num_tasks']} must be a multiple of --planted-groups {resolved['planted_groups']}"
         )
     return resolved
-
-
-def domain_of(name: str, data_dir: str | Path | None = None) -> str:
-    """ "text" or "graph": which model family and steps dataset ``name`` takes."""
-    return "text" if name in DATASETS and DATASETS[name]["kind"] in TEXT_KINDS else "graph"
 
 
 def num_tasks_of(name: str, options: dict, data_dir: str | Path | None = None) -> int:
@@ -366,7 +362,6 @@ __all__ = [
     "SPLITS",
     "GraphDataset",
     "TextDataset",
-    "domain_of",
     "add_data_args",
     "dataset_options",
     "dataset_spec",

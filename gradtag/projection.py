@@ -160,17 +160,22 @@ class Projector:
         """
         if not 0 <= block < self.num_blocks:
             raise IndexError(f"block {block} out of range [0, {self.num_blocks})")
+        return self._cached(block, device, dtype, lambda device: self._generate(*self._block_range(block)).to(device, dtype))
+
+    def _cached(self, name, device, dtype: torch.dtype, make) -> torch.Tensor:
+        """The tensor ``name`` on (device, dtype): from the cache, else ``make(device)``, kept while the cache on that
+        device and dtype stays under ``cache_bytes``."""
         device = torch.device(device)
         if device.type == "cuda" and device.index is None:
             device = torch.device("cuda", torch.cuda.current_device())  # one cache for "cuda" and "cuda:0"
         key = (str(device), dtype)
         cache = self._cache.setdefault(key, {})
-        if block in cache:
-            return cache[block]
-        values = self._generate(*self._block_range(block)).to(device=device, dtype=dtype)
+        if name in cache:
+            return cache[name]
+        values = make(device)
         size = values.numel() * values.element_size()
         if self._cached_bytes.get(key, 0) + size <= self.cache_bytes:
-            cache[block] = values
+            cache[name] = values
             self._cached_bytes[key] = self._cached_bytes.get(key, 0) + size
         return values
 
@@ -235,18 +240,12 @@ class Projector:
     def _input_major(self, offset: int, width_out: int, width_in: int, device, dtype) -> torch.Tensor:
         """Rows ``[offset, offset + out·in)`` of P, a weight matrix's, laid out (in, out·d) so that one matrix product
         contracts them with the layer's inputs; cached under the same budget as the blocks."""
-        key = (str(torch.device(device)), dtype)
-        cache = self._cache.setdefault(key, {})
-        name = ("input_major", offset, width_out, width_in)
-        if name in cache:
-            return cache[name]
-        rows = self.rows(offset, offset + width_out * width_in, device, dtype).view(width_out, width_in, -1)
-        layout = rows.permute(1, 0, 2).reshape(width_in, -1)
-        size = layout.numel() * layout.element_size()
-        if self._cached_bytes.get(key, 0) + size <= self.cache_bytes:
-            cache[name] = layout
-            self._cached_bytes[key] = self._cached_bytes.get(key, 0) + size
-        return layout
+
+        def make(device) -> torch.Tensor:
+            rows = self.rows(offset, offset + width_out * width_in, device, dtype).view(width_out, width_in, -1)
+            return rows.permute(1, 0, 2).reshape(width_in, -1)
+
+        return self._cached(("input_major", offset, width_out, width_in), device, dtype, make)
 
     def project_layers(self, parts: Sequence[torch.Tensor | tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
         """g = Pᵀ ∇ for b samples with K gradients each, given per parameter in factored form: returns (b, K, d).
@@ -266,7 +265,6 @@ class Projector:
         for part in parts:
             if isinstance(part, tuple):
                 inputs, errors = part
-                size = inputs.shape[1] * errors.shape[2]
                 width_out, width_in = errors.shape[2], inputs.shape[1]
                 size = width_in * width_out
                 # Σ_i P[o·in + i] a_i for every o at once: one (b, in) @ (in, out·d) product per batch of samples

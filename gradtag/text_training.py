@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from gradtag.artifacts import UsageError, atomic_path, check_compatible, read_config
 from gradtag.checkpoints import load_weights
 from gradtag.flops import SampledFlops
-from gradtag.gradients import output_gradient_factors
+from gradtag.gradients import output_gradient_factors, trainable_parameters
 from gradtag.training import TrainConfig, run_schedule, split_metrics
 from models.text import build_text_model, encode_text_batch, model_inputs, output_gradients, predict
 
@@ -132,7 +132,7 @@ def train_model(model, dataset, tasks: list[int], config: TrainConfig, device, s
         return scores["mean_accuracy"], scores["mean_loss"]
 
     def restore(state) -> None:
-        model.load_state_dict(state, strict=False)
+        load_state(model, state, "the best epoch's weights")
 
     summary = run_schedule(
         config, epoch_batches, take_step, validate, lambda: trainable_state(model), restore, progress, "train text"
@@ -208,7 +208,7 @@ def collect_projected_gradients(
 # ---------------------------------------------------------------------------------------------------------- checkpoints
 def trainable_state(model) -> dict[str, torch.Tensor]:
     """The trainable (LoRA and head) parameters by name: what a text checkpoint stores (the base comes by name)."""
-    return {name: param.detach().clone() for name, param in model.named_parameters() if param.requires_grad}
+    return {name: param.clone() for name, param in trainable_parameters(model).items()}
 
 
 def save_checkpoint(folder: Path, model) -> None:
@@ -226,9 +226,8 @@ def model_from_config(config: dict, device) -> torch.nn.Module:
 
 def load_state(model, state: dict, where) -> None:
     """Copy a text checkpoint's trainable parameters into ``model``; refuses one of another model or LoRA setting."""
-    expected = {name for name, param in model.named_parameters() if param.requires_grad}
-    shapes = {name: param.shape for name, param in model.named_parameters() if name in state}
-    if set(state) != expected or any(state[name].shape != shape for name, shape in shapes.items()):
+    expected = trainable_parameters(model)
+    if set(state) != set(expected) or any(state[name].shape != param.shape for name, param in expected.items()):
         raise UsageError(f"{where} does not fit the text model its config.json describes; rerun train_multitask.py --overwrite")
     model.load_state_dict(state, strict=False)
 

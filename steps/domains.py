@@ -91,6 +91,7 @@ class TextDomain:
             self._models[seed] = (model, self.state(model))
         model, fresh = self._models[seed]
         text_training.load_state(model, state if state is not None else fresh, f"the start of seed {seed}")
+        seed_everything(seed)  # each subset trains from the same random state, as a freshly built graph model does
         return model
 
     def collect(self, model, dataset, pieces, projector, job, device, desc: str):

@@ -28,7 +28,7 @@ from gradtag.health import assess_base, format_health
 from gradtag.results import read_results, read_subsets, subset_key, write_results
 from gradtag.scores import METRICS
 from gradtag.training import TrainConfig
-from steps.cli import job_from_flags, model_options, parse_tasks, resolve_device, seed_everything, use_threads
+from steps.cli import job_from_flags, model_options, parse_tasks, resolve_device, use_threads
 from steps.domains import domain_of
 from steps.partition import check_shard, shard_indices, shard_suffix
 
@@ -342,7 +342,6 @@ def train_each_subset(job, dataset, domain, device, options, subsets, todo, stat
     for index, seed in tqdm(todo, desc=f"train {csv_path.stem} ({mode})", disable=job.no_progress):
         subset = list(subsets[index])
         model = domain.subset_model(job, dataset, options, seed, states[seed], device)
-        seed_everything(seed)
         start_weights = flat_params(model)
         flops += domain.train_model(model, dataset, subset, train_config(job, dataset), device, seed)["flops"]
         distance = relative_distance(flat_params(model), start_weights)
