@@ -88,7 +88,7 @@ def read_results(path: str | Path) -> list[dict]:
             raise UsageError(f"{path}: header {reader.fieldnames} is not the results header {RESULT_COLUMNS}")
         rows = list(reader)
     for number, row in enumerate(rows, start=2):
-        for column in (*_LATER_COLUMNS[0], *_LATER_COLUMNS[1]):
+        for column in dropped:  # every column a file of an earlier version may lack
             row.setdefault(column, "nan")
         try:
             if None in row.values() or None in row:  # fields missing (cut short) or extra ones

@@ -15,6 +15,7 @@ import torch
 from gradtag import text_training, training
 from gradtag.artifacts import UsageError, read_config
 from gradtag.gradients import collect_projected_gradients
+from gradtag.scores import DOMAIN_METRICS
 from models import build_model
 from models.text import build_text_model
 from steps.cli import seed_everything
@@ -23,7 +24,8 @@ from steps.cli import seed_everything
 class GraphDomain:
     """SIGN or MLP on SIGN hop features; the checkpoint holds the whole state dict."""
 
-    name, metric = "graph", "f1"
+    name = "graph"
+    metric = DOMAIN_METRICS[name]
     train_model, evaluate = staticmethod(training.train_model), staticmethod(training.evaluate)
     task_loss_gradients = staticmethod(training.task_loss_gradients)
     save_checkpoint, load_checkpoint = staticmethod(training.save_checkpoint), staticmethod(training.load_checkpoint)
@@ -63,7 +65,8 @@ class TextDomain:
     One model object per seed is kept and reset to its start for every subset: loading the pretrained weights again
     for each of hundreds of subsets would cost more than fine-tuning them."""
 
-    name, metric = "text", "accuracy"
+    name = "text"
+    metric = DOMAIN_METRICS[name]
     train_model, evaluate = staticmethod(text_training.train_model), staticmethod(text_training.evaluate)
     task_loss_gradients = staticmethod(text_training.task_loss_gradients)
     save_checkpoint = staticmethod(text_training.save_checkpoint)

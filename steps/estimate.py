@@ -169,11 +169,11 @@ def linearized_scores(data: dict, subsets, weights: np.ndarray) -> dict:
     for split in ("val", "test"):
         arrays = data.get(split)
         if arrays is None:  # a split step 2 did not collect: NaN scores
-            split_scores = {(index, task): (np.nan,) * 3 for index, subset in enumerate(subsets) for task in subset}
+            split_scores = {(index, task): (np.nan,) * len(METRICS) for index, subset in enumerate(subsets) for task in subset}
         else:
             split_scores = regression_scores(arrays["gradients"], arrays["outputs"], arrays["labels"], subsets, weights)
-        for key, (loss, f1, accuracy) in split_scores.items():
-            scores.setdefault(key, {}).update({f"{split}_loss": loss, f"{split}_f1": f1, f"{split}_accuracy": accuracy})
+        for key, values in split_scores.items():  # linearized_scores gives them in METRICS order
+            scores.setdefault(key, {}).update({f"{split}_{metric}": value for metric, value in zip(METRICS, values, strict=True)})
     return scores
 
 
