@@ -13,6 +13,7 @@ the comparison read both domains alike.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import numpy as np
@@ -65,28 +66,39 @@ def pair_weights(labels: np.ndarray, owners: np.ndarray, balanced: bool) -> np.n
 
 # ---------------------------------------------------------------------------------------------------------- scoring
 @torch.no_grad()
-def predict_pairs(model, inputs: list[str], choices: list[list[str]], device, batch_size: int = 64) -> np.ndarray:
-    """(N,) float64 margins f(x) of the model in eval mode, ``batch_size`` inputs per forward pass."""
+def predict_pairs(
+    model, inputs: list[str], choices: list[list[str]], device, batch_size: int = 64, progress: bool = False, desc: str = "score"
+) -> np.ndarray:
+    """(N,) float64 margins f(x) of the model in eval mode, ``batch_size`` inputs per forward pass (a transient
+    progress bar over the inputs with ``progress``)."""
     outputs = []
+    bar = tqdm(total=len(inputs), desc=desc, unit="example", disable=not progress, leave=False)
     for start in range(0, len(inputs), batch_size):
         stop = start + batch_size
         batch = encode(model, inputs[start:stop], choices[start:stop], device)
         outputs.append(predict(model, batch, batch_size).double().cpu().numpy())
+        bar.update(len(outputs[-1]))
+    bar.close()
     return np.concatenate(outputs) if outputs else np.zeros(0)
 
 
-def evaluate(model, dataset, tasks: list[int], device, splits=("train", "val", "test"), flops: SampledFlops | None = None):
+def evaluate(
+    model,
+    dataset,
+    tasks: list[int],
+    device,
+    splits=("train", "val", "test"),
+    flops: SampledFlops | None = None,
+    progress: bool = False,
+):
     """Per task and split: accuracy, F1 of label 1 (margin > 0) and mean logistic loss, as
     :func:`gradtag.training.evaluate` (``macro_f1``, ``mean_loss``, ``all_positive_f1``, plus ``accuracy`` and
-    ``mean_accuracy``). ``flops`` tallies the forward passes per input scored."""
+    ``mean_accuracy``). ``flops`` tallies the forward passes per input scored; ``progress`` shows a bar per split."""
     result = {}
     for split in splits:
         inputs, choices, labels, owners = task_pairs(dataset, tasks, split)
-        if flops is not None:
-            with flops.measure(len(inputs)):
-                margins = predict_pairs(model, inputs, choices, device)
-        else:
-            margins = predict_pairs(model, inputs, choices, device)
+        with flops.measure(len(inputs)) if flops is not None else contextlib.nullcontext():
+            margins = predict_pairs(model, inputs, choices, device, progress=progress, desc=f"score {split}")
         result[split] = split_metrics(
             [(margins[owners == column], labels[owners == column].astype(bool)) for column in range(len(tasks))]
         )
@@ -113,8 +125,10 @@ def train_model(model, dataset, tasks: list[int], config: TrainConfig, device, s
     def epoch_batches():
         model.train()
         order = torch.randperm(len(inputs), generator=generator).numpy()
-        for start in range(0, len(order), config.batch_size):
-            yield order[start : start + config.batch_size]
+        with tqdm(total=len(order), desc="epoch", unit="example", disable=not progress, leave=False) as bar:
+            for start in range(0, len(order), config.batch_size):
+                yield order[start : start + config.batch_size]
+                bar.update(len(order[start : start + config.batch_size]))
 
     def take_step(rows) -> None:
         batch = encode(model, [inputs[i] for i in rows], [choices[i] for i in rows], device)
@@ -128,7 +142,7 @@ def train_model(model, dataset, tasks: list[int], config: TrainConfig, device, s
             optimizer.step()
 
     def validate() -> tuple[float, float]:
-        scores = evaluate(model, dataset, tasks, device, splits=("val",), flops=eval_flops)["val"]
+        scores = evaluate(model, dataset, tasks, device, splits=("val",), flops=eval_flops, progress=progress)["val"]
         return scores["mean_accuracy"], scores["mean_loss"]
 
     def restore(state) -> None:
@@ -140,13 +154,16 @@ def train_model(model, dataset, tasks: list[int], config: TrainConfig, device, s
     return {**summary, "flops": step_flops.total + eval_flops.total}
 
 
-def task_loss_gradients(model, dataset, tasks: list[int], balanced: bool, device) -> torch.Tensor:
+def task_loss_gradients(model, dataset, tasks: list[int], balanced: bool, device, progress: bool = False) -> torch.Tensor:
     """(len(tasks), p) ∇θ L_j(θ*) over the trainable parameters per task j: the (balanced) mean logistic loss over j's
-    training pairs, in eval mode, for the health check (:func:`gradtag.health.task_gradient_norms`)."""
+    training pairs, in eval mode, for the health check (:func:`gradtag.health.task_gradient_norms`); ``progress``
+    shows a bar over the tasks' training pairs."""
     params = [param for param in model.parameters() if param.requires_grad]
     rows = []
     was_training = model.training
     model.eval()
+    total_pairs = len(task_pairs(dataset, tasks, "train")[0])
+    bar = tqdm(total=total_pairs, desc="task gradients", unit="example", disable=not progress, leave=False)
     for task in tasks:
         inputs, choices, labels, owners = task_pairs(dataset, [task], "train")
         weights = torch.as_tensor(pair_weights(labels, owners, balanced), device=device)
@@ -159,7 +176,9 @@ def task_loss_gradients(model, dataset, tasks: list[int], balanced: bool, device
             )
             grads = torch.autograd.grad((losses * weights[start : start + 64]).sum(), params, allow_unused=True)
             total = [t if g is None else t + g for t, g in zip(total, grads, strict=True)]
+            bar.update(len(margins))
         rows.append(torch.cat([piece.reshape(-1) for piece in total]))
+    bar.close()
     model.train(was_training)
     return torch.stack(rows).detach()
 

@@ -105,12 +105,14 @@ def evaluate(
     splits=("train", "val", "test"),
     flops: SampledFlops | None = None,
     logits_fn=None,
+    progress: bool = False,
 ) -> dict:
     """Per task and split: F1 of the positive class (threshold logit 0) and mean BCE.
 
     ``flops``, if given, tallies the forward passes (per node scored; see ``gradtag.flops.SampledFlops``).
     ``logits_fn(nodes) -> (len(nodes), n) tensor``, if given, supplies the logits instead of the model's forward pass
-    (e.g. a Taylor expansion of the model).
+    (e.g. a Taylor expansion of the model). ``progress`` is accepted for the text domain's signature: a graph split is
+    scored in one batched pass, without a bar.
 
     Returns ``{split: {"f1": (len(tasks),) list, "loss": list, "accuracy": list, "macro_f1": float, "mean_loss": float,
     "mean_accuracy": float,
@@ -130,18 +132,21 @@ def evaluate(
     return result
 
 
-def task_loss_gradients(model: torch.nn.Module, dataset, tasks: list[int], balanced: bool, device) -> torch.Tensor:
+def task_loss_gradients(
+    model: torch.nn.Module, dataset, tasks: list[int], balanced: bool, device, progress: bool = False
+) -> torch.Tensor:
     """(len(tasks), p) ∇θ L_j(θ) over the trainable parameters (``gradtag.gradients.flat_params`` order), per task j.
 
     L_j is the loss the model was trained with, restricted to task j: the (class-balanced if ``balanced``,
     :func:`class_weights`) mean BCE over j's training nodes (:func:`masked_bce`), without the weight-decay term. One
-    forward and backward per task, in eval mode (as step 2 takes its gradients). Float32 like the model.
+    forward and backward per task, in eval mode (as step 2 takes its gradients). Float32 like the model. ``progress``
+    shows a transient bar over the tasks.
     """
     was_training = model.training
     model.eval()
     params = [param for param in model.parameters() if param.requires_grad]
     rows = []
-    for task in tasks:
+    for task in tqdm(tasks, desc="task gradients", unit="task", disable=not progress, leave=False):
         nodes = dataset.samples(task, "train")
         labels = dataset.labels[nodes, task][:, None]
         weights = torch.as_tensor(class_weights(labels, np.ones_like(labels, dtype=bool), balanced), device=device)

@@ -152,10 +152,11 @@ def train_meta_initializations(job, dataset, domain, device, options: dict) -> N
             "seconds": seconds,
             "cpu_seconds": cpu_seconds,
             **summary,
-            **domain.evaluate(model, dataset, tasks, device),
+            **domain.evaluate(model, dataset, tasks, device, progress=not job.no_progress),
         }
         # is θ* usable by steps 2-3 (README: learned, not memorised, gradients not flat)? recorded; they warn or refuse
-        norms = domain.task_loss_gradients(model, dataset, tasks, config.balanced, device).double().norm(dim=1).cpu().numpy()
+        gradients = domain.task_loss_gradients(model, dataset, tasks, config.balanced, device, progress=not job.no_progress)
+        norms = gradients.double().norm(dim=1).cpu().numpy()
         health = assess_base(metrics, norms)
         domain.save_checkpoint(folder, model)
         write_json(folder / "metrics.json", {**metrics, "health": health.to_json()})
