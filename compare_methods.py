@@ -107,6 +107,18 @@ def get_args_parser() -> argparse.ArgumentParser:
         "one shell-quoted string (default: the dataset's recommended settings)",
     )
     training.add_argument(
+        "--final-args",
+        default="",
+        help="further train_multitask.py flags for the models trained per group (after --train-args, so they override "
+        'it), e.g. "--hop-width 64 --head-width 64 --weight-decay 0" for wider final models than θ*',
+    )
+    training.add_argument(
+        "--estimate-args",
+        default="",
+        help='further fit_linear_estimates.py flags for Grad-TAG, e.g. "--solver exact-step --calibrate-solvers '
+        'exact-step newton-cg"',
+    )
+    training.add_argument(
         "--truth-args",
         default="",
         help='further flags for the fine-tuned truths (calibration, exact affinity), e.g. "--fixed-steps 15"',
@@ -151,7 +163,7 @@ def main(args: argparse.Namespace) -> None:
     data += [item for name in given for item in (f"--{name.replace('_', '-')}", options[name])]
     torch_flags = ["--device", args.device, "--no-progress", *(["--threads", args.threads] if args.threads else [])]
     train = [*data, *shlex.split(args.train_args), *torch_flags]
-    truth = shlex.split(args.truth_args)
+    truth, final = shlex.split(args.truth_args), shlex.split(args.final_args)
     wanted = [method for method in METHODS if method in args.methods]
     runs = args.runs if "gradtag5" in wanted else 1
     need_base = any(method in wanted for method in ("gradtag1", "gradtag5", "exact"))
@@ -200,7 +212,7 @@ def main(args: argparse.Namespace) -> None:
         groups = [list(group) for group in read_subsets(groups_file, num_tasks)]
         key = tuple(tuple(sorted(group)) for group in sorted(groups))
         if key not in grouped:
-            argv = [*train, "--subsets-file", groups_file, "--results-dir", results, "--results-name", f"{name}_trained"]
+            argv = [*train, *final, "--subsets-file", groups_file, "--results-dir", results, "--results-name", f"{name}_trained"]
             run("train_multitask", [*argv, "--seed", args.seed, "--overwrite"], f"{name}_trained")
             csv = results / f"{name}_trained.csv"
             grouped[key] = (csv, results_cost(csv))
@@ -250,6 +262,7 @@ def main(args: argparse.Namespace) -> None:
                     collected.add(folder)
                 find = find + checkpoint_cost(base) + gradients_cost(folder)
             argv = ["--gradients", *folders, "--subsets-file", subsets_file, "--l2", args.l2, *calibration]
+            argv += shlex.split(args.estimate_args)
             run("fit_linear_estimates", [*argv, "--name", method, "--results-dir", results, *torch_flags], method)
             find = find + results_cost(results / f"{method}_estimate.csv")
             groups_file, cluster_cost = cluster(results / f"{method}_estimate_higher_order.npy", method)
