@@ -176,6 +176,12 @@ CASES = {
     "train --planted-noise 2": (train_multitask, [*TRAIN, "--planted-noise", "2"], "--planted-noise: must be"),
     "train --num-tasks 0": (train_multitask, [*TRAIN, "--num-tasks", "0"], "--num-tasks: must be"),
     "train core larger than region": (train_multitask, [*TRAIN, "--planted-core-size", "500"], "--planted-core-size 500"),
+    "train --tag-every 0": (train_multitask, [*TRAIN, "--record-tag", "--tag-every", "0"], "--tag-every: must be"),
+    "truth --record-tag": (
+        train_multitask,
+        [*TRAIN, "--subsets-file", SUBSETS, "--record-tag"],
+        "--record-tag records TAG's affinity while training θ* (step 1)",
+    ),
     "truth --truth-seeds 0": (train_multitask, [*TRAIN, "--subsets-file", SUBSETS, "--truth-seeds", "0"], "--truth-seeds"),
     "truth --fixed-steps 0": (
         train_multitask,
