@@ -20,6 +20,7 @@ import fit_linear_estimates
 import pipeline_summary
 import run_clustering
 import sample_subsets
+import select_tasks
 import taylor_check
 import train_multitask
 from tests.conftest import TINY_PLANTED_FLAGS, exit_status
@@ -312,6 +313,15 @@ CASES = {
         ["--affinity", AFFINITY, "--k", "2", "--out", "/dev/null", "--overwrite"],
         "/dev/null exists and is not a regular file",
     ),
+    # forward/backward selection
+    "select --target out of range": (select_tasks, ["--gradients", GRADS, "--target", "4"], "--target 4 is out of range"),
+    "select --max-size 0": (select_tasks, ["--gradients", GRADS, "--target", "0", "--max-size", "0"], "--max-size: must be"),
+    "select on a checkpoint folder": (select_tasks, ["--gradients", CKPT, "--target", "0"], "is not a gradients folder"),
+    "select on a truncated gradient file": (
+        select_tasks,
+        ["--gradients", gradients_truncated, "--target", "0"],
+        "task_0_train_gradients.npy is damaged",
+    ),
     # Taylor check and summary
     "taylor --steps 0": (taylor_check, ["--checkpoint", CKPT, "--steps", "5", "0"], "--steps: must be"),
     "taylor --num-subsets 0": (taylor_check, ["--checkpoint", CKPT, "--num-subsets", "0"], "--num-subsets: must be"),
@@ -336,6 +346,7 @@ def test_there_are_at_least_40_cases_across_every_script():
         run_clustering,
         taylor_check,
         pipeline_summary,
+        select_tasks,
     }
 
 
