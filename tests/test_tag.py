@@ -115,3 +115,19 @@ def test_tag_every_must_be_a_positive_integer(every, capsys):
     with pytest.raises(SystemExit):
         train_multitask.get_args_parser().parse_args(["--record-tag", "--tag-every", every])
     assert "--tag-every: must be an integer >= 1" in capsys.readouterr().err
+
+
+def test_record_tag_on_a_text_model_treats_every_lora_and_head_parameter_as_shared(workdir):
+    from gradtag.text_training import shared_parameter_names as text_shared
+    from steps.domains import load_checkpoint
+    from tests.test_text_pipeline import DATA, call, tiny_bert_folder
+
+    tiny_bert_folder(workdir / "tinybert")
+    model = ["--text-model", "tinybert", "--lora-rank", "2", "--threads", "1", "--no-progress"]
+    call(train_multitask, *DATA, *model, "--epochs", "2", "--lr", "5e-3", "--record-tag")
+    folder = workdir / "saved" / "text_planted" / "all_seed0"
+    affinity = np.load(folder / "tag_affinity.npy")
+    assert affinity.shape == (4, 4) and np.isfinite(affinity).all() and (np.diag(affinity) > 0).all()
+    text_model, _ = load_checkpoint(folder, torch.device("cpu"))
+    shared = text_shared(text_model)
+    assert "head.weight" in shared and all("lora" in name or name.startswith("head.") for name in shared)
