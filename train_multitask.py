@@ -4,6 +4,7 @@ Usage:
     python train_multitask.py --dataset planted --tasks all --runs 1
     python train_multitask.py --dataset planted --subsets-file sampled_tasks/planted_m200_a5_s0.txt
     python train_multitask.py --dataset planted --subsets-file ... --init-from saved/planted/all_seed0 --fixed-steps 50
+    python train_multitask.py --dataset planted --tasks all --record-tag   # + TAG's affinity, tag_affinity.npy
 
 Without ``--subsets-file`` it trains on ``--tasks`` for ``--runs`` seeds and writes ``saved/<dataset>/<run>/``
 (model.pt, config.json, metrics.json). With ``--subsets-file`` it trains one model per line (from the same
@@ -63,6 +64,22 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--overwrite",
         action="store_true",
         help="replace an existing checkpoint folder of the same run; with --subsets-file, start the results CSV afresh",
+    )
+    tag = parser.add_argument_group("TAG baseline (Fifty et al. 2021), step 1 only")
+    tag.add_argument(
+        "--record-tag",
+        action="store_true",
+        help="while training θ*, record TAG's inter-task affinity Z_{i->j} = 1 - L_j(θ_s - lr ∇L_i) / L_j(θ_s) from SGD "
+        "look-ahead steps on the shared parameters (output layer / nothing held fixed for text) on each step's batch; "
+        "writes tag_affinity.npy (n x n, row = task measured, higher = more affinity; run_clustering.py --affinity reads "
+        "it) with _counts.npy and .json into the checkpoint folder. Costs about 2n+1 extra passes per recorded step",
+    )
+    tag.add_argument(
+        "--tag-every",
+        type=POSITIVE_INT,
+        default=1,
+        help="with --record-tag: record at every N-th optimiser step (steps 0, N, 2N, ...); TAG averages every step (1), "
+        "larger N cuts the cost N-fold",
     )
     add_shard_args(parser, "M seeds (step 1) or the subsets of --subsets-file")
     add_launcher_args(parser)

@@ -17,6 +17,12 @@ def checkpoint_dir(saved_dir: str | Path, dataset: str, run: str) -> Path:
     return Path(saved_dir) / dataset / run
 
 
+def tag_affinity_file(folder: str | Path) -> Path:
+    """``saved/<dataset>/<run>/tag_affinity.npy``: TAG's look-ahead affinity recorded while training θ* (step 1 with
+    ``--record-tag``); ``tag_affinity_counts.npy`` and ``tag_affinity.json`` beside it."""
+    return Path(folder) / "tag_affinity.npy"
+
+
 def gradients_dir(gradients_root: str | Path, dataset: str, run: str, project_dim: int) -> Path:
     """``gradients/<dataset>/<run>_d<dim>/``: projected gradients of step 2."""
     return Path(gradients_root) / dataset / f"{run}_d{project_dim}"

@@ -106,13 +106,16 @@ def evaluate(
 
 
 # ---------------------------------------------------------------------------------------------------------- training
-def train_model(model, dataset, tasks: list[int], config: TrainConfig, device, seed: int, progress: bool = False) -> dict:
+def train_model(
+    model, dataset, tasks: list[int], config: TrainConfig, device, seed: int, progress: bool = False, before_step=None
+) -> dict:
     """Train the model's LoRA and head parameters in place on the training pairs of ``tasks`` (AdamW at ``config.lr``,
     decoupled weight decay ``config.weight_decay``, the per-task weighted logistic loss of :func:`pair_weights`).
 
     Model selection as :func:`gradtag.training.train_model`: ``config.fixed_steps`` optimiser steps keeping the last
     weights, or the epoch of best validation accuracy (loss breaks ties; checked every ``eval_every`` epochs) with
-    ``patience``. Returns ``epochs_run``, ``steps``, ``best_epoch`` and ``flops``.
+    ``patience``. Returns ``epochs_run``, ``steps``, ``best_epoch`` and ``flops``. ``before_step(rows, step)``, if
+    given, sees each batch (row indices into :func:`task_pairs`' order) before its step (e.g. ``gradtag.tag``).
     """
     inputs, choices, labels, owners = task_pairs(dataset, tasks, "train")
     weights = torch.as_tensor(pair_weights(labels, owners, config.balanced))
@@ -149,9 +152,46 @@ def train_model(model, dataset, tasks: list[int], config: TrainConfig, device, s
         load_state(model, state, "the best epoch's weights")
 
     summary = run_schedule(
-        config, epoch_batches, take_step, validate, lambda: trainable_state(model), restore, progress, "train text"
+        config,
+        epoch_batches,
+        take_step,
+        validate,
+        lambda: trainable_state(model),
+        restore,
+        progress,
+        "train text",
+        before_step,
     )
     return {**summary, "flops": step_flops.total + eval_flops.total}
+
+
+def shared_parameter_names(model) -> list[str]:
+    """Every trainable (LoRA and head) parameter: one head scores every instruction, so all of them are shared and
+    TAG's look-ahead (``gradtag.tag``) moves them all."""
+    return list(trainable_parameters(model))
+
+
+def tag_batch_losses(model, dataset, tasks: list[int], balanced: bool, device):
+    """For ``gradtag.tag``: ``rows -> (inputs, task_losses)``, the encoded batch of those training pairs
+    (:func:`task_pairs` order, as :func:`train_model` draws them) and its per-task losses (len(tasks),): each task's
+    weighted mean logistic loss over its pairs in the batch (:func:`pair_weights`), present where it has any."""
+    inputs, choices, labels, owners = task_pairs(dataset, tasks, "train")
+    weights = torch.as_tensor(pair_weights(labels, owners, balanced))
+    labels_t, owners_t = torch.as_tensor(labels), torch.as_tensor(owners)
+
+    def batch_losses(rows):
+        batch = encode(model, [inputs[i] for i in rows], [choices[i] for i in rows], device)
+        one_hot = torch.nn.functional.one_hot(owners_t[rows], len(tasks)).to(device, torch.float32)  # (B, n)
+        row_weights, row_labels = weights[rows].to(device), labels_t[rows].to(device)
+        totals = (row_weights[:, None] * one_hot).sum(dim=0)
+
+        def task_losses(margins: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            losses = torch.nn.functional.binary_cross_entropy_with_logits(margins, row_labels, reduction="none")
+            return ((losses * row_weights)[:, None] * one_hot).sum(dim=0) / totals.clamp(min=1e-12), totals > 0
+
+        return model_inputs(model, batch), task_losses
+
+    return batch_losses
 
 
 def task_loss_gradients(model, dataset, tasks: list[int], balanced: bool, device, progress: bool = False) -> torch.Tensor:

@@ -171,6 +171,37 @@ def l2_penalty(model: torch.nn.Module, tasks: torch.Tensor) -> torch.Tensor:
     return total + output.weight[tasks].pow(2).sum() + output.bias[tasks].pow(2).sum()
 
 
+def shared_parameter_names(model: torch.nn.Module) -> list[str]:
+    """The trainable parameters all tasks share: every one but the per-task output layer (row j of its weight and
+    bias j belong to task j alone), the parameters TAG's look-ahead moves (``gradtag.tag``)."""
+    output = {id(model.output_layer.weight), id(model.output_layer.bias)}
+    return [name for name, param in model.named_parameters() if param.requires_grad and id(param) not in output]
+
+
+def tag_batch_losses(model: torch.nn.Module, dataset, tasks: list[int], balanced: bool, device):
+    """For ``gradtag.tag``: ``batch (node ids) -> (inputs, task_losses)`` (``model`` is unused: the text domain's
+    signature), the model's inputs on the batch and the
+    per-task training losses of :func:`train_model` on it, (len(tasks),) with the present tasks (those with a
+    weighted training sample in the batch): each task's weighted mean BCE (:func:`masked_bce` before its mean over
+    tasks), without the weight-decay term."""
+    train_mask = dataset.masks["train"][:, tasks]
+    weights = torch.as_tensor(class_weights(dataset.labels[:, tasks], train_mask, balanced))
+    labels = torch.as_tensor(dataset.labels[:, tasks], dtype=torch.float32)
+    task_index = torch.as_tensor(tasks, device=device)
+
+    def batch_losses(batch):
+        batch_weights, batch_labels = weights[batch].to(device), labels[batch].to(device)
+        totals = batch_weights.sum(dim=0)
+
+        def task_losses(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            losses = F.binary_cross_entropy_with_logits(logits[:, task_index], batch_labels, reduction="none")
+            return (losses * batch_weights).sum(dim=0) / totals.clamp(min=1e-12), totals > 0
+
+        return (dataset.features[batch].to(device),), task_losses
+
+    return batch_losses
+
+
 @dataclass
 class TrainConfig:
     epochs: int = 200
@@ -191,6 +222,7 @@ def train_model(
     device: torch.device,
     seed: int,
     progress: bool = False,
+    before_step=None,
 ) -> dict:
     """Train ``model`` in place on the training samples of ``tasks``; return a summary of the run.
 
@@ -199,7 +231,8 @@ def train_model(
     ``config.fixed_steps`` the model takes exactly that many optimiser steps and keeps the last weights; otherwise it
     keeps the weights of the best validation epoch (macro-F1, then loss; checked every ``eval_every`` epochs) and
     stops after ``patience`` epochs in which neither that score nor the validation loss improved. The summary's
-    ``flops`` counts training steps and validation passes (``gradtag.flops.SampledFlops``).
+    ``flops`` counts training steps and validation passes (``gradtag.flops.SampledFlops``). ``before_step(batch,
+    step)``, if given, sees each batch (node ids) before its step (:func:`run_schedule`; e.g. ``gradtag.tag``).
     """
     generator = torch.Generator().manual_seed(seed)
     train_mask = dataset.masks["train"][:, tasks]
@@ -239,11 +272,14 @@ def train_model(
         model.load_state_dict,
         progress,
         "train",
+        before_step,
     )
     return {**summary, "flops": step_flops.total + eval_flops.total}
 
 
-def run_schedule(config: TrainConfig, epoch_batches, take_step, validate, snapshot, restore, progress: bool, desc: str) -> dict:
+def run_schedule(
+    config: TrainConfig, epoch_batches, take_step, validate, snapshot, restore, progress: bool, desc: str, before_step=None
+) -> dict:
     """The training schedule both domains share (:func:`train_model`, ``gradtag.text_training.train_model``).
 
     With ``config.fixed_steps``: exactly that many steps, the last weights kept. Otherwise up to ``config.epochs``
@@ -255,6 +291,8 @@ def run_schedule(config: TrainConfig, epoch_batches, take_step, validate, snapsh
         take_step: batch -> None, one optimiser step.
         validate: () -> (selection score, mean loss) on the validation split; higher scores are better.
         snapshot: () -> a copy of the weights to keep; restore: that copy -> None.
+        before_step: optional (batch, step) -> None, called with each batch and the number of steps taken so far just
+            before its optimiser step, at the weights that step starts from (``gradtag.tag``'s look-ahead needs them).
 
     Returns ``epochs_run``, ``steps`` and ``best_epoch`` (None with fixed steps).
     """
@@ -266,6 +304,8 @@ def run_schedule(config: TrainConfig, epoch_batches, take_step, validate, snapsh
     bar = tqdm(total=config.fixed_steps or config.epochs, desc=desc, disable=not progress, leave=False)
     for epoch in range(max_epochs):
         for batch in epoch_batches():
+            if before_step is not None:
+                before_step(batch, steps)
             take_step(batch)
             steps += 1
             if config.fixed_steps is not None:

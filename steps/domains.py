@@ -29,6 +29,10 @@ class GraphDomain:
     train_model, evaluate = staticmethod(training.train_model), staticmethod(training.evaluate)
     task_loss_gradients = staticmethod(training.task_loss_gradients)
     save_checkpoint, load_checkpoint = staticmethod(training.save_checkpoint), staticmethod(training.load_checkpoint)
+    shared_parameter_names, tag_batch_losses = (
+        staticmethod(training.shared_parameter_names),
+        staticmethod(training.tag_batch_losses),
+    )
 
     def model_config(self, dataset) -> dict:
         """What ``config.json`` records to rebuild the network besides its options."""
@@ -71,6 +75,8 @@ class TextDomain:
     task_loss_gradients = staticmethod(text_training.task_loss_gradients)
     save_checkpoint = staticmethod(text_training.save_checkpoint)
     load_checkpoint = staticmethod(text_training.load_checkpoint)
+    shared_parameter_names = staticmethod(text_training.shared_parameter_names)
+    tag_batch_losses = staticmethod(text_training.tag_batch_losses)
 
     def __init__(self) -> None:
         self._models: dict[int, tuple[torch.nn.Module, dict]] = {}

@@ -20,13 +20,14 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from data import dataset_options, load_dataset
-from gradtag.artifacts import UsageError, check_compatible, exclusive_lock, package_versions, read_json, write_json
-from gradtag.checkpoints import checkpoint_dir, run_name, state_fingerprint
+from gradtag.artifacts import UsageError, check_compatible, exclusive_lock, package_versions, read_json, save_npy, write_json
+from gradtag.checkpoints import checkpoint_dir, run_name, state_fingerprint, tag_affinity_file
 from gradtag.flops import SampledFlops, format_flops
 from gradtag.gradients import flat_params, relative_distance
 from gradtag.health import assess_base, format_health
 from gradtag.results import read_results, read_subsets, subset_key, write_results
 from gradtag.scores import METRICS
+from gradtag.tag import TagAverage
 from gradtag.training import TrainConfig
 from steps.cli import job_from_flags, model_options, parse_tasks, resolve_device, use_threads
 from steps.domains import domain_of
@@ -75,6 +76,8 @@ class TrainJob:
     lora_alpha: float = 8.0
     lora_dropout: float = 0.0
     lora_targets: tuple[str, ...] | None = None
+    record_tag: bool = False
+    tag_every: int = 1
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> TrainJob:
@@ -110,6 +113,8 @@ def check_job(job: TrainJob) -> None:
         raise UsageError("--baselines trains three runs at once; shard the groups run alone (drop --baselines)")
     if job.init_from and not job.subsets_file:
         raise UsageError("--init-from only applies with --subsets-file (fine-tuning θ* on each subset)")
+    if job.record_tag and job.subsets_file:
+        raise UsageError("--record-tag records TAG's affinity while training θ* (step 1); drop --subsets-file")
     if job.init_from and len(job.init_from) > 1 and job.truth_seeds > 1:
         raise UsageError("--truth-seeds > 1 with several --init-from checkpoints: rows are keyed by the base's seed; pass one")
 
@@ -144,7 +149,14 @@ def train_meta_initializations(job, dataset, domain, device, options: dict) -> N
         model = domain.new_model(job, dataset, options, seed, device)
         start, cpu_start = time.perf_counter(), time.process_time()
         config = train_config(job, dataset)
-        summary = domain.train_model(model, dataset, tasks, config, device, seed, progress=not job.no_progress)
+        tag_average = TagAverage(len(tasks), job.tag_every) if job.record_tag else None
+        before_step = None
+        if tag_average is not None:  # TAG's look-ahead at every --tag-every-th step, at the weights the step starts from
+            batch_losses = domain.tag_batch_losses(model, dataset, tasks, config.balanced, device)
+            before_step = tag_average.hook(model, batch_losses, domain.shared_parameter_names(model), config.lr)
+        summary = domain.train_model(
+            model, dataset, tasks, config, device, seed, progress=not job.no_progress, before_step=before_step
+        )
         seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
         metrics = {
             "tasks": tasks,
@@ -159,8 +171,14 @@ def train_meta_initializations(job, dataset, domain, device, options: dict) -> N
         norms = gradients.double().norm(dim=1).cpu().numpy()
         health = assess_base(metrics, norms)
         domain.save_checkpoint(folder, model)
+        identity = base_config(job, dataset, domain, options)
+        if tag_average is not None:
+            metrics["tag"] = save_tag_affinity(folder, tag_average, tasks, identity, config.lr, summary["steps"])
+        else:  # an overwritten run without --record-tag must not leave the previous run's TAG matrix beside it
+            for stale in tag_files(folder):
+                stale.unlink(missing_ok=True)
         write_json(folder / "metrics.json", {**metrics, "health": health.to_json()})
-        config_json = {**base_config(job, dataset, domain, options), "tasks": tasks, "seed": seed, "args": job.record()}
+        config_json = {**identity, "tasks": tasks, "seed": seed, "args": job.record()}
         write_json(folder / "config.json", config_json)
         print_metrics(dataset, tasks, metrics)
         headline = "macro_f1" if domain.metric == "f1" else "mean_accuracy"
@@ -172,6 +190,49 @@ def train_meta_initializations(job, dataset, domain, device, options: dict) -> N
         print(format_health(health))
         for problem in health.problems:
             print(f"warning: {problem}")
+        if tag_average is not None:
+            print(
+                f"TAG affinity: averaged over {tag_average.steps} of {summary['steps']} steps (every {job.tag_every}), "
+                f"{tag_average.seconds:.1f}s of the {seconds:.1f}s; wrote {tag_affinity_file(folder)} (+ _counts.npy, .json)"
+            )
+
+
+def tag_files(folder: Path) -> list[Path]:
+    """The files :func:`save_tag_affinity` writes into a checkpoint folder."""
+    matrix = tag_affinity_file(folder)
+    return [matrix, matrix.with_name(f"{matrix.stem}_counts.npy"), matrix.with_suffix(".json")]
+
+
+def save_tag_affinity(folder: Path, tag: TagAverage, tasks: list[int], identity: dict, lr: float, steps: int) -> dict:
+    """Write TAG's averaged affinity into the checkpoint folder (see README, "TAG"); return its cost record.
+
+    ``tag_affinity.npy``: (len(tasks), len(tasks)) float64 in the layout of step 3's pairwise T (row = the task whose
+    loss is measured, column = the partner): entry [j, i] = mean Z_{i→j}, higher = more affinity, diagonal = Z_jj;
+    NaN where no recorded step had both tasks. ``tag_affinity_counts.npy``: the steps behind each entry, same layout.
+    """
+    matrix, counts, sidecar = tag_files(folder)
+    affinity = tag.affinity().T
+    record = {"steps": tag.steps, "every": tag.every, "seconds": tag.seconds, "cpu_seconds": tag.cpu_seconds}
+    save_npy(matrix, affinity)
+    save_npy(counts, tag.counts.T.copy())
+    write_json(
+        sidecar,
+        {
+            "kind": "tag",
+            "dataset": identity["dataset"],
+            "dataset_fingerprint": identity["dataset_fingerprint"],
+            "task_names": [identity["task_names"][task] for task in tasks],
+            "tasks": tasks,
+            "layout": "entry [j, i] = mean over recorded steps of Z_{i->j} = 1 - L_j(shared - lr * grad L_i) / L_j "
+            "(row: the task whose loss is measured; column: the task stepped on), as step 3's pairwise T_ji",
+            "lr": lr,
+            "lookahead": "SGD on the shared parameters, eval mode, the step's own batch, before its optimiser step",
+            **record,
+            "training_steps": steps,
+            "uncovered_pairs": [[int(j), int(i)] for j, i in np.argwhere(tag.counts.T == 0)],
+        },
+    )
+    return record
 
 
 HEADLINES = {"f1": "macro-F1", "accuracy": "accuracy"}  # a domain's metric, as its summary lines name it

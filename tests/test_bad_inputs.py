@@ -20,6 +20,7 @@ import fit_linear_estimates
 import pipeline_summary
 import run_clustering
 import sample_subsets
+import select_tasks
 import taylor_check
 import train_multitask
 from tests.conftest import TINY_PLANTED_FLAGS, exit_status
@@ -176,6 +177,12 @@ CASES = {
     "train --planted-noise 2": (train_multitask, [*TRAIN, "--planted-noise", "2"], "--planted-noise: must be"),
     "train --num-tasks 0": (train_multitask, [*TRAIN, "--num-tasks", "0"], "--num-tasks: must be"),
     "train core larger than region": (train_multitask, [*TRAIN, "--planted-core-size", "500"], "--planted-core-size 500"),
+    "train --tag-every 0": (train_multitask, [*TRAIN, "--record-tag", "--tag-every", "0"], "--tag-every: must be"),
+    "truth --record-tag": (
+        train_multitask,
+        [*TRAIN, "--subsets-file", SUBSETS, "--record-tag"],
+        "--record-tag records TAG's affinity while training θ* (step 1)",
+    ),
     "truth --truth-seeds 0": (train_multitask, [*TRAIN, "--subsets-file", SUBSETS, "--truth-seeds", "0"], "--truth-seeds"),
     "truth --fixed-steps 0": (
         train_multitask,
@@ -306,6 +313,15 @@ CASES = {
         ["--affinity", AFFINITY, "--k", "2", "--out", "/dev/null", "--overwrite"],
         "/dev/null exists and is not a regular file",
     ),
+    # forward/backward selection
+    "select --target out of range": (select_tasks, ["--gradients", GRADS, "--target", "4"], "--target 4 is out of range"),
+    "select --max-size 0": (select_tasks, ["--gradients", GRADS, "--target", "0", "--max-size", "0"], "--max-size: must be"),
+    "select on a checkpoint folder": (select_tasks, ["--gradients", CKPT, "--target", "0"], "is not a gradients folder"),
+    "select on a truncated gradient file": (
+        select_tasks,
+        ["--gradients", gradients_truncated, "--target", "0"],
+        "task_0_train_gradients.npy is damaged",
+    ),
     # Taylor check and summary
     "taylor --steps 0": (taylor_check, ["--checkpoint", CKPT, "--steps", "5", "0"], "--steps: must be"),
     "taylor --num-subsets 0": (taylor_check, ["--checkpoint", CKPT, "--num-subsets", "0"], "--num-subsets: must be"),
@@ -330,6 +346,7 @@ def test_there_are_at_least_40_cases_across_every_script():
         run_clustering,
         taylor_check,
         pipeline_summary,
+        select_tasks,
     }
 
 
