@@ -24,7 +24,15 @@ from gradtag.checkpoints import load_weights
 from gradtag.datamaps import sigmoid_true_probability
 from gradtag.flops import SampledFlops
 from gradtag.gradients import output_gradient_factors, trainable_parameters
-from gradtag.training import TrainConfig, data_map_pairs, data_map_record, run_schedule, split_metrics, weighted_selection
+from gradtag.training import (
+    TrainConfig,
+    data_map_pairs,
+    data_map_record,
+    run_schedule,
+    split_metrics,
+    weighted_selection,
+    weighted_tasks,
+)
 from models.text import build_text_model, encode_text_batch, model_inputs, output_gradients, predict
 
 MAX_LENGTH = 128  # input tokens kept per rendered example (longer inputs are cut on the right)
@@ -118,6 +126,7 @@ def train_model(
     ``record_data_map`` adds the summary's ``data_map`` as the graph loop does (``gradtag.training.train_model``): p(true
     label) of every training (example, instruction) pair after each epoch, in eval mode, pairs task by task.
     """
+    tasks, task_weights = weighted_tasks(tasks, task_weights)
     inputs, choices, labels, owners = task_pairs(dataset, tasks, "train")
     pair_loss_weights = pair_weights(labels, owners, config.balanced)
     if task_weights is not None:

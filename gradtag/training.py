@@ -45,6 +45,19 @@ def masked_bce(
     return (losses.sum(dim=0)[present] / totals[present] * task_weights).sum() / task_weights.sum()
 
 
+def weighted_tasks(tasks: list[int], task_weights) -> tuple[list[int], np.ndarray | None]:
+    """The tasks a weighted run trains and their weights: those of weight > 0 (a task of weight 0 is left out of the
+    loss, the weight decay and model selection, so its parameters stay exactly as they were). Without weights:
+    ``(tasks, None)``."""
+    if task_weights is None:
+        return list(tasks), None
+    task_weights = np.asarray(task_weights, dtype=np.float64)
+    if task_weights.shape != (len(tasks),) or np.any(task_weights < 0) or not np.any(task_weights > 0):
+        raise ValueError(f"task_weights must be (len(tasks),) = ({len(tasks)},), nonnegative, not all 0: {task_weights}")
+    keep = task_weights > 0
+    return [task for task, kept in zip(tasks, keep, strict=True) if kept], task_weights[keep]
+
+
 def weighted_selection(scores: dict, score_key: str, task_weights) -> tuple[float, float]:
     """(selection score, mean loss) of one split's :func:`split_metrics` for model selection: the plain means
     (``score_key``'s mean and ``mean_loss``) or, with ``task_weights`` (len(tasks),), the means weighted by them, so
@@ -223,6 +236,7 @@ def train_model(
     ``probabilities`` (epochs run, P) float32, p(true label) of every training (node, task) pair after each epoch, in
     eval mode; its pairs' ``tasks``, ``samples`` (node ids) and ``labels``, (P,) each.
     """
+    tasks, task_weights = weighted_tasks(tasks, task_weights)
     generator = torch.Generator().manual_seed(seed)
     train_mask = dataset.masks["train"][:, tasks]
     weights = torch.as_tensor(class_weights(dataset.labels[:, tasks], train_mask, config.balanced))
