@@ -5,6 +5,8 @@ Usage:
     python train_multitask.py --dataset planted --subsets-file sampled_tasks/planted_m200_a5_s0.txt
     python train_multitask.py --dataset planted --subsets-file ... --init-from saved/planted/all_seed0 --fixed-steps 50
     python train_multitask.py --dataset planted --tasks all --record-tag   # + TAG's affinity, tag_affinity.npy
+    python train_multitask.py --dataset planted --record-data-map        # + saved/planted/all_seed0/data_map.npz
+    python train_multitask.py --dataset planted --subsets-file results/dm.txt --task-weights results/dm_memberships.npy
 
 Without ``--subsets-file`` it trains on ``--tasks`` for ``--runs`` seeds and writes ``saved/<dataset>/<run>/``
 (model.pt, config.json, metrics.json). With ``--subsets-file`` it trains one model per line (from the same
@@ -59,6 +61,23 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--baselines",
         action="store_true",
         help="with a groups file: also train single-task models (STL) and one all-task model (naive MTL), and compare",
+    )
+    group.add_argument(
+        "--record-data-map",
+        action="store_true",
+        help="step 1 only: after every epoch, score p(true label) of every training (sample, task) pair in eval mode "
+        "(dataset cartography) and write the trace to the checkpoint folder as data_map.npz (probabilities (epochs, "
+        "pairs) float32, each pair's task, sample and label) for run_clustering.py --data-map (STG-MTL); costs one "
+        "forward pass over the training pairs per epoch; refused with --fixed-steps (no epochs)",
+    )
+    group.add_argument(
+        "--task-weights",
+        default=None,
+        metavar="MEMBERSHIPS.npy",
+        help="with a groups --subsets-file: a (groups, tasks) .npy of loss weights (run_clustering.py --data-map's "
+        "<stem>_memberships.npy); group g's model trains on every task j with w_gj > 0, task j's loss and validation "
+        "score weighted by w_gj / sum_j w_gj (tasks of weight 0 are left out: their parameters stay untouched), and is "
+        "scored on line g's tasks; CSV default name <stem>_weighted_<mode>",
     )
     group.add_argument(
         "--overwrite",

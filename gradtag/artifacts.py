@@ -121,6 +121,29 @@ def save_npy(path: str | Path, array: np.ndarray) -> None:
             np.save(fh, array)
 
 
+def save_npz(path: str | Path, **arrays: np.ndarray) -> None:
+    """Write ``arrays`` as an uncompressed ``.npz`` archive at ``path``, atomically (the name is kept as given)."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **arrays)
+
+
+def load_npz(path: str | Path, keys: tuple[str, ...], rerun: str) -> dict[str, np.ndarray]:
+    """The arrays ``keys`` of an ``.npz`` archive a step wrote; a missing, damaged or foreign file (or one lacking a
+    key) is a :class:`UsageError` naming it and ``rerun``, the command that rewrites it."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"{path} does not exist; {rerun}")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            missing = [key for key in keys if key not in archive.files]
+            if missing:
+                raise UsageError(f"{path} lacks {', '.join(missing)}; {rerun}")
+            return {key: archive[key] for key in keys}
+    except (ValueError, OSError, EOFError) as err:
+        raise UsageError(f"{path} is damaged or not an .npz archive ({type(err).__name__}); {rerun}") from None
+
+
 def load_npy(path: str | Path, rerun: str) -> np.ndarray:
     """A ``.npy`` array a step wrote; a missing, truncated or foreign file is a :class:`UsageError` naming it and
     ``rerun``, the command that rewrites it."""

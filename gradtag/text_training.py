@@ -22,9 +22,18 @@ from tqdm.auto import tqdm
 
 from gradtag.artifacts import UsageError, atomic_path, check_compatible, read_config
 from gradtag.checkpoints import load_weights
+from gradtag.datamaps import sigmoid_true_probability
 from gradtag.flops import SampledFlops
 from gradtag.gradients import output_gradient_factors, trainable_parameters
-from gradtag.training import TrainConfig, run_schedule, split_metrics
+from gradtag.training import (
+    TrainConfig,
+    data_map_pairs,
+    data_map_record,
+    run_schedule,
+    split_metrics,
+    weighted_selection,
+    weighted_tasks,
+)
 from models.text import build_text_model, encode_text_batch, model_inputs, output_gradients, predict
 
 MAX_LENGTH = 128  # input tokens kept per rendered example (longer inputs are cut on the right)
@@ -107,7 +116,16 @@ def evaluate(
 
 # ---------------------------------------------------------------------------------------------------------- training
 def train_model(
-    model, dataset, tasks: list[int], config: TrainConfig, device, seed: int, progress: bool = False, before_step=None
+    model,
+    dataset,
+    tasks: list[int],
+    config: TrainConfig,
+    device,
+    seed: int,
+    progress: bool = False,
+    task_weights=None,
+    record_data_map: bool = False,
+    before_step=None,
 ) -> dict:
     """Train the model's LoRA and head parameters in place on the training pairs of ``tasks`` (AdamW at ``config.lr``,
     decoupled weight decay ``config.weight_decay``, the per-task weighted logistic loss of :func:`pair_weights`).
@@ -116,9 +134,19 @@ def train_model(
     weights, or the epoch of best validation accuracy (loss breaks ties; checked every ``eval_every`` epochs) with
     ``patience``. Returns ``epochs_run``, ``steps``, ``best_epoch`` and ``flops``. ``before_step(rows, step)``, if
     given, sees each batch (row indices into :func:`task_pairs`' order) before its step (e.g. ``gradtag.tag``).
+
+    ``task_weights`` (len(tasks),) nonnegative, if given, scales task j's share of the loss to w_j / mean(w) (all
+    ones: unchanged) and weighs the validation accuracy and loss alike (``gradtag.training.weighted_selection``).
+    ``record_data_map`` adds the summary's ``data_map`` as the graph loop does (``gradtag.training.train_model``): p(true
+    label) of every training (example, instruction) pair after each epoch, in eval mode, pairs task by task.
     """
+    tasks, task_weights = weighted_tasks(tasks, task_weights)
     inputs, choices, labels, owners = task_pairs(dataset, tasks, "train")
-    weights = torch.as_tensor(pair_weights(labels, owners, config.balanced))
+    pair_loss_weights = pair_weights(labels, owners, config.balanced)
+    if task_weights is not None:
+        scale = np.asarray(task_weights, dtype=np.float64)
+        pair_loss_weights = (pair_loss_weights * (scale / scale.mean())[owners]).astype(np.float32)
+    weights = torch.as_tensor(pair_loss_weights)
     labels_t = torch.as_tensor(labels)
     trainable = [param for param in model.parameters() if param.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
@@ -146,10 +174,16 @@ def train_model(
 
     def validate() -> tuple[float, float]:
         scores = evaluate(model, dataset, tasks, device, splits=("val",), flops=eval_flops, progress=progress)["val"]
-        return scores["mean_accuracy"], scores["mean_loss"]
+        return weighted_selection(scores, "accuracy", task_weights)
 
     def restore(state) -> None:
         load_state(model, state, "the best epoch's weights")
+
+    trace = []
+
+    def record_epoch(epoch: int) -> None:  # dataset cartography: p(true label) of every training pair, eval mode
+        with eval_flops.measure(len(inputs)):
+            trace.append(sigmoid_true_probability(predict_pairs(model, inputs, choices, device), labels))
 
     summary = run_schedule(
         config,
@@ -161,7 +195,10 @@ def train_model(
         progress,
         "train text",
         before_step,
+        on_epoch_end=record_epoch if record_data_map else None,
     )
+    if record_data_map:  # task_pairs lists the pairs task by task, examples ascending: data_map_pairs' order
+        summary["data_map"] = data_map_record(trace, data_map_pairs(dataset, tasks))
     return {**summary, "flops": step_flops.total + eval_flops.total}
 
 

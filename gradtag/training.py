@@ -19,22 +19,54 @@ from tqdm.auto import tqdm
 
 from gradtag.artifacts import UsageError, atomic_path, check_compatible, read_config
 from gradtag.checkpoints import load_weights
+from gradtag.datamaps import sigmoid_true_probability
 from gradtag.flops import SampledFlops
 from models import build_model
 
 
-def masked_bce(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+def masked_bce(
+    logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor, task_weights: torch.Tensor | None = None
+) -> torch.Tensor:
     """Mean over tasks of each task's weighted mean BCE over its own samples.
 
     logits, labels, weights: (B, n). ``weights`` is 0 for every (sample, task) entry that is not a training sample of
     the task (a boolean mask works: plain means) and may weigh classes (see :func:`class_weights`); entries of weight 0
     contribute nothing, not even through the mean. Tasks without any weighted sample in the batch are skipped.
+    ``task_weights`` (n,), if given, makes the mean over tasks a weighted one, Σ_j w_j L_j / Σ_j w_j over the tasks
+    present (a group's model of STG-MTL, its tasks weighted by their memberships; all ones: the plain mean).
     """
     weights = weights.to(logits.dtype)
     losses = F.binary_cross_entropy_with_logits(logits, labels, reduction="none") * weights
     totals = weights.sum(dim=0)
     present = totals > 0
-    return (losses.sum(dim=0)[present] / totals[present]).mean()
+    if task_weights is None:
+        return (losses.sum(dim=0)[present] / totals[present]).mean()
+    task_weights = task_weights.to(logits.dtype)[present]
+    return (losses.sum(dim=0)[present] / totals[present] * task_weights).sum() / task_weights.sum()
+
+
+def weighted_tasks(tasks: list[int], task_weights) -> tuple[list[int], np.ndarray | None]:
+    """The tasks a weighted run trains and their weights: those of weight > 0 (a task of weight 0 is left out of the
+    loss, the weight decay and model selection, so its parameters stay exactly as they were). Without weights:
+    ``(tasks, None)``."""
+    if task_weights is None:
+        return list(tasks), None
+    task_weights = np.asarray(task_weights, dtype=np.float64)
+    if task_weights.shape != (len(tasks),) or np.any(task_weights < 0) or not np.any(task_weights > 0):
+        raise ValueError(f"task_weights must be (len(tasks),) = ({len(tasks)},), nonnegative, not all 0: {task_weights}")
+    keep = task_weights > 0
+    return [task for task, kept in zip(tasks, keep, strict=True) if kept], task_weights[keep]
+
+
+def weighted_selection(scores: dict, score_key: str, task_weights) -> tuple[float, float]:
+    """(selection score, mean loss) of one split's :func:`split_metrics` for model selection: the plain means
+    (``score_key``'s mean and ``mean_loss``) or, with ``task_weights`` (len(tasks),), the means weighted by them, so
+    that a weighted group's model is selected by the objective it is trained on. ``score_key``: ``f1`` or
+    ``accuracy``."""
+    if task_weights is None:
+        return scores["macro_f1" if score_key == "f1" else "mean_accuracy"], scores["mean_loss"]
+    weights = np.asarray(task_weights, dtype=np.float64)
+    return float(np.average(scores[score_key], weights=weights)), float(np.average(scores["loss"], weights=weights))
 
 
 def class_weights(labels: np.ndarray, mask: np.ndarray, balanced: bool) -> np.ndarray:
@@ -223,6 +255,8 @@ def train_model(
     seed: int,
     progress: bool = False,
     before_step=None,
+    task_weights=None,
+    record_data_map: bool = False,
 ) -> dict:
     """Train ``model`` in place on the training samples of ``tasks``; return a summary of the run.
 
@@ -233,13 +267,21 @@ def train_model(
     stops after ``patience`` epochs in which neither that score nor the validation loss improved. The summary's
     ``flops`` counts training steps and validation passes (``gradtag.flops.SampledFlops``). ``before_step(batch,
     step)``, if given, sees each batch (node ids) before its step (:func:`run_schedule`; e.g. ``gradtag.tag``).
+
+    ``task_weights`` (len(tasks),) nonnegative, if given, weighs each task's loss (:func:`masked_bce`) and its
+    validation score (:func:`weighted_selection`). With ``record_data_map`` (epochs only, not ``fixed_steps``) the
+    summary's ``data_map`` holds the data-map trace (:func:`data_map_pairs`, :mod:`gradtag.datamaps`):
+    ``probabilities`` (epochs run, P) float32, p(true label) of every training (node, task) pair after each epoch, in
+    eval mode; its pairs' ``tasks``, ``samples`` (node ids) and ``labels``, (P,) each.
     """
+    tasks, task_weights = weighted_tasks(tasks, task_weights)
     generator = torch.Generator().manual_seed(seed)
     train_mask = dataset.masks["train"][:, tasks]
     weights = torch.as_tensor(class_weights(dataset.labels[:, tasks], train_mask, config.balanced))
     nodes = torch.as_tensor(np.flatnonzero(train_mask.any(axis=1)))
     labels = torch.as_tensor(dataset.labels[:, tasks], dtype=torch.float32)
     task_index = torch.as_tensor(tasks, device=device)
+    loss_weights = None if task_weights is None else torch.as_tensor(np.asarray(task_weights, dtype=np.float32), device=device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     step_flops, eval_flops = SampledFlops(), SampledFlops()
 
@@ -252,7 +294,7 @@ def train_model(
     def take_step(batch) -> None:
         with step_flops.measure(len(batch)):
             logits = model(dataset.features[batch].to(device))[:, task_index]
-            loss = masked_bce(logits, labels[batch].to(device), weights[batch].to(device))
+            loss = masked_bce(logits, labels[batch].to(device), weights[batch].to(device), loss_weights)
             if config.weight_decay:
                 loss = loss + config.weight_decay / 2 * l2_penalty(model, task_index)
             optimizer.zero_grad()
@@ -261,7 +303,16 @@ def train_model(
 
     def validate() -> tuple[float, float]:
         scores = evaluate(model, dataset, tasks, device, splits=("val",), flops=eval_flops)["val"]
-        return scores["macro_f1"], scores["mean_loss"]
+        return weighted_selection(scores, "f1", task_weights)
+
+    trace, pairs = [], data_map_pairs(dataset, tasks) if record_data_map else None
+
+    def record_epoch(epoch: int) -> None:  # dataset cartography: p(true label) of every training pair, eval mode
+        pair_tasks, pair_nodes, pair_labels = pairs
+        scored, rows = np.unique(pair_nodes, return_inverse=True)
+        with eval_flops.measure(len(scored)):
+            logits = predict_logits(model, dataset.features, scored, device).numpy()
+        trace.append(sigmoid_true_probability(logits[rows, pair_tasks], pair_labels))
 
     summary = run_schedule(
         config,
@@ -273,12 +324,42 @@ def train_model(
         progress,
         "train",
         before_step,
+        on_epoch_end=record_epoch if record_data_map else None,
     )
+    if record_data_map:
+        summary["data_map"] = data_map_record(trace, pairs)
     return {**summary, "flops": step_flops.total + eval_flops.total}
 
 
+def data_map_pairs(dataset, tasks: list[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The training (sample, task) pairs of ``tasks``, task by task (samples ascending, as ``dataset.samples``):
+    their task ids, sample ids (node ids, or a text task's example ids) and 0/1 labels, (P,) int64 each. Both
+    domains' datasets have ``samples`` and ``task_labels``."""
+    pair_tasks = np.concatenate([np.full(len(dataset.samples(task, "train")), task, dtype=np.int64) for task in tasks])
+    samples = np.concatenate([np.asarray(dataset.samples(task, "train"), dtype=np.int64) for task in tasks])
+    labels = np.concatenate([np.asarray(dataset.task_labels(task, "train")).astype(np.int64) for task in tasks])
+    return pair_tasks, samples, labels
+
+
+def data_map_record(trace: list[np.ndarray], pairs) -> dict:
+    """The data map a training run returns: ``probabilities`` (epochs, P) float32 and the pairs' ``tasks``,
+    ``samples`` and ``labels`` (P,) int64."""
+    pair_tasks, samples, labels = pairs
+    probabilities = np.stack(trace) if trace else np.zeros((0, len(pair_tasks)), dtype=np.float32)
+    return {"probabilities": probabilities.astype(np.float32), "tasks": pair_tasks, "samples": samples, "labels": labels}
+
+
 def run_schedule(
-    config: TrainConfig, epoch_batches, take_step, validate, snapshot, restore, progress: bool, desc: str, before_step=None
+    config: TrainConfig,
+    epoch_batches,
+    take_step,
+    validate,
+    snapshot,
+    restore,
+    progress: bool,
+    desc: str,
+    before_step=None,
+    on_epoch_end=None,
 ) -> dict:
     """The training schedule both domains share (:func:`train_model`, ``gradtag.text_training.train_model``).
 
@@ -293,6 +374,8 @@ def run_schedule(
         snapshot: () -> a copy of the weights to keep; restore: that copy -> None.
         before_step: optional (batch, step) -> None, called with each batch and the number of steps taken so far just
             before its optimiser step, at the weights that step starts from (``gradtag.tag``'s look-ahead needs them).
+        on_epoch_end: optional epoch index -> None, called after every epoch's steps, before its validation (not with
+            fixed steps, which have no epochs); e.g. the data-map trace.
 
     Returns ``epochs_run``, ``steps`` and ``best_epoch`` (None with fixed steps).
     """
@@ -317,6 +400,8 @@ def run_schedule(
                 break
             continue
         bar.update()
+        if on_epoch_end is not None:
+            on_epoch_end(epoch)
         if epoch % config.eval_every and epoch != max_epochs - 1:
             continue
         score, loss = validate()

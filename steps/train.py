@@ -20,7 +20,18 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from data import dataset_options, load_dataset
-from gradtag.artifacts import UsageError, check_compatible, exclusive_lock, package_versions, read_json, save_npy, write_json
+from gradtag.artifacts import (
+    UsageError,
+    check_compatible,
+    exclusive_lock,
+    fingerprint,
+    load_npy,
+    package_versions,
+    read_json,
+    save_npy,
+    save_npz,
+    write_json,
+)
 from gradtag.checkpoints import checkpoint_dir, run_name, state_fingerprint, tag_affinity_file
 from gradtag.flops import SampledFlops, format_flops
 from gradtag.gradients import flat_params, relative_distance
@@ -62,6 +73,8 @@ class TrainJob:
     truth_seeds: int = 1
     results_name: str | None = None
     baselines: bool = False
+    record_data_map: bool = False
+    task_weights: str | None = None
     overwrite: bool = False
     seed: int = 0
     device: str = "auto"
@@ -115,6 +128,12 @@ def check_job(job: TrainJob) -> None:
         raise UsageError("--init-from only applies with --subsets-file (fine-tuning θ* on each subset)")
     if job.record_tag and job.subsets_file:
         raise UsageError("--record-tag records TAG's affinity while training θ* (step 1); drop --subsets-file")
+    if job.record_data_map and job.subsets_file:
+        raise UsageError("--record-data-map records step 1's θ* training; drop --subsets-file (or the flag)")
+    if job.record_data_map and job.fixed_steps is not None:
+        raise UsageError("--record-data-map records one trace row per epoch; --fixed-steps has no epochs, drop one of them")
+    if job.task_weights and not job.subsets_file:
+        raise UsageError("--task-weights weighs the tasks of each group's model; it needs --subsets-file (the groups file)")
     if job.init_from and len(job.init_from) > 1 and job.truth_seeds > 1:
         raise UsageError("--truth-seeds > 1 with several --init-from checkpoints: rows are keyed by the base's seed; pass one")
 
@@ -155,8 +174,17 @@ def train_meta_initializations(job, dataset, domain, device, options: dict) -> N
             batch_losses = domain.tag_batch_losses(model, dataset, tasks, config.balanced, device)
             before_step = tag_average.hook(model, batch_losses, domain.shared_parameter_names(model), config.lr)
         summary = domain.train_model(
-            model, dataset, tasks, config, device, seed, progress=not job.no_progress, before_step=before_step
+            model,
+            dataset,
+            tasks,
+            config,
+            device,
+            seed,
+            progress=not job.no_progress,
+            before_step=before_step,
+            record_data_map=job.record_data_map,
         )
+        data_map = summary.pop("data_map", None)
         seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
         metrics = {
             "tasks": tasks,
@@ -177,6 +205,12 @@ def train_meta_initializations(job, dataset, domain, device, options: dict) -> N
         else:  # an overwritten run without --record-tag must not leave the previous run's TAG matrix beside it
             for stale in tag_files(folder):
                 stale.unlink(missing_ok=True)
+        written = "model.pt,config.json,metrics.json"
+        if data_map is not None:  # STG-MTL's input (gradtag.datamaps): (epochs, pairs) p(true label), pair -> task, sample
+            save_npz(folder / DATA_MAP_FILE, **data_map, num_tasks=np.int64(dataset.num_tasks))
+            written += f",{DATA_MAP_FILE}"
+        else:  # a data map of an earlier run of this folder (--overwrite) would not describe these weights
+            (folder / DATA_MAP_FILE).unlink(missing_ok=True)
         write_json(folder / "metrics.json", {**metrics, "health": health.to_json()})
         config_json = {**identity, "tasks": tasks, "seed": seed, "args": job.record()}
         write_json(folder / "config.json", config_json)
@@ -185,7 +219,7 @@ def train_meta_initializations(job, dataset, domain, device, options: dict) -> N
         print(
             f"run {run_name(tag, seed)}: {summary['epochs_run']} epochs in {seconds:.1f}s, test {HEADLINES[domain.metric]} "
             f"{metrics['test'][headline]:.4f} (all-positive predictor's macro-F1: "
-            f"{metrics['test']['all_positive_macro_f1']:.4f}); wrote {folder}/{{model.pt,config.json,metrics.json}}"
+            f"{metrics['test']['all_positive_macro_f1']:.4f}); wrote {folder}/{{{written}}}"
         )
         print(format_health(health))
         for problem in health.problems:
@@ -235,6 +269,8 @@ def save_tag_affinity(folder: Path, tag: TagAverage, tasks: list[int], identity:
     return record
 
 
+DATA_MAP_FILE = "data_map.npz"  # in a step-1 checkpoint folder, with --record-data-map
+DATA_MAP_KEYS = ("probabilities", "tasks", "samples", "labels", "num_tasks")
 HEADLINES = {"f1": "macro-F1", "accuracy": "accuracy"}  # a domain's metric, as its summary lines name it
 
 
@@ -319,8 +355,13 @@ def fine_tuning_start(
     return starts, identities, base_options, dataclasses.replace(job, **inherited)
 
 
-def train_subset_models(job, dataset, domain, device, options, subsets, csv_path: Path, source: str, init) -> tuple[list, float]:
+def train_subset_models(
+    job, dataset, domain, device, options, subsets, csv_path: Path, source: str, init, task_weights: np.ndarray | None = None
+) -> tuple[list, float]:
     """Train one model per subset and start; keep every (subset, task, seed) row in ``csv_path``.
+
+    ``task_weights`` (len(subsets), n), if given, weighs the tasks of each subset's model (:func:`load_task_weights`);
+    its fingerprint joins the sidecar's identity, so a resume with other weights is refused.
 
     ``init`` is ``(starts, identity)`` of :func:`fine_tuning_start`: every subset starts from the same weights per
     seed, that seed's fresh initialisation or a checkpoint when fine-tuning. Rows already in the CSV are skipped,
@@ -337,6 +378,7 @@ def train_subset_models(job, dataset, domain, device, options, subsets, csv_path
         "mode": mode,
         "init": init_identity,
         "seed": job.seed,
+        **({"task_weights": fingerprint(task_weights)} if task_weights is not None else {}),
         **({"shard": {"num_shards": job.num_shards, "shard_id": job.shard_id}} if job.num_shards > 1 else {}),
     }
     with exclusive_lock(csv_path, str(csv_path)):  # two runs on one CSV would train every subset twice
@@ -349,7 +391,17 @@ def train_subset_models(job, dataset, domain, device, options, subsets, csv_path
                 sidecar,
                 **{
                     key: identity.get(key)
-                    for key in ("dataset", "dataset_fingerprint", "model_options", "training", "subsets", "mode", "init", "shard")
+                    for key in (
+                        "dataset",
+                        "dataset_fingerprint",
+                        "model_options",
+                        "training",
+                        "subsets",
+                        "mode",
+                        "init",
+                        "task_weights",
+                        "shard",
+                    )
                 },
             )
             rows, previous_seconds, previous_flops, previous_cpu = (
@@ -378,7 +430,9 @@ def train_subset_models(job, dataset, domain, device, options, subsets, csv_path
             )
 
         record_cost(0)
-        flops = train_each_subset(job, dataset, domain, device, options, subsets, todo, dict(starts), rows, csv_path, record_cost)
+        flops = train_each_subset(
+            job, dataset, domain, device, options, subsets, todo, dict(starts), rows, csv_path, record_cost, task_weights
+        )
         seconds = time.perf_counter() - start
         total_seconds = previous_seconds + seconds
         record_cost(flops)
@@ -389,9 +443,15 @@ def train_subset_models(job, dataset, domain, device, options, subsets, csv_path
         return rows, total_seconds
 
 
-def train_each_subset(job, dataset, domain, device, options, subsets, todo, states: dict, rows: list, csv_path, record_cost):
+def train_each_subset(
+    job, dataset, domain, device, options, subsets, todo, states: dict, rows: list, csv_path, record_cost, task_weights=None
+):
     """Train and score the (subset index, seed) jobs in ``todo``, appending rows and rewriting ``csv_path`` after each,
     after calling ``record_cost(FLOPs so far)``.
+
+    With ``task_weights`` (len(subsets), n) subset i's model trains on every task j with w_ij > 0, task j's loss and
+    validation score weighted by w_ij (tasks of weight 0 are left out of its loss, their parameters untouched); its
+    rows still score the subset's own tasks.
 
     ``states`` maps each seed to its start: a state dict to fine-tune, or None for the seed's fresh initialisation.
 
@@ -405,7 +465,13 @@ def train_each_subset(job, dataset, domain, device, options, subsets, todo, stat
         subset = list(subsets[index])
         model = domain.subset_model(job, dataset, options, seed, states[seed], device)
         start_weights = flat_params(model)
-        flops += domain.train_model(model, dataset, subset, train_config(job, dataset), device, seed)["flops"]
+        trained, weights = subset, None
+        if task_weights is not None:
+            trained = [int(task) for task in np.flatnonzero(task_weights[index] > 0)]
+            weights = task_weights[index, trained]
+        flops += domain.train_model(model, dataset, trained, train_config(job, dataset), device, seed, task_weights=weights)[
+            "flops"
+        ]
         distance = relative_distance(flat_params(model), start_weights)
         metrics = domain.evaluate(model, dataset, subset, device, splits=("val", "test"), flops=scoring)
         for column, task in enumerate(subset):
@@ -430,16 +496,18 @@ def train_subsets(job, dataset, domain, device, options: dict) -> None:
     """Train one model per line of ``--subsets-file``; with ``--baselines`` also STL and naive MTL, and compare."""
     subsets_path = Path(job.subsets_file)
     subsets = read_subsets(subsets_path, dataset.num_tasks)
+    task_weights = load_task_weights(job.task_weights, subsets, subsets_path, dataset.num_tasks) if job.task_weights else None
     *init, options, job = fine_tuning_start(job, dataset, domain, device, options)
     name = results_name(job)
     results_dir = Path(job.results_dir)
-    runs = {"grouped": (subsets, str(subsets_path), results_dir / f"{name}{shard_suffix(job.num_shards, job.shard_id)}.csv")}
+    grouped_csv = results_dir / f"{name}{shard_suffix(job.num_shards, job.shard_id)}.csv"
+    runs = {"grouped": (subsets, str(subsets_path), grouped_csv, task_weights)}
     if job.baselines:
-        runs["STL"] = ([(task,) for task in range(dataset.num_tasks)], "single-task", results_dir / f"{name}_stl.csv")
-        runs["MTL"] = ([tuple(range(dataset.num_tasks))], "all tasks", results_dir / f"{name}_mtl.csv")
+        runs["STL"] = ([(task,) for task in range(dataset.num_tasks)], "single-task", results_dir / f"{name}_stl.csv", None)
+        runs["MTL"] = ([tuple(range(dataset.num_tasks))], "all tasks", results_dir / f"{name}_mtl.csv", None)
     summary = {}
-    for label, (run_subsets, source, csv_path) in runs.items():
-        rows, seconds = train_subset_models(job, dataset, domain, device, options, run_subsets, csv_path, source, init)
+    for label, (run_subsets, source, csv_path, weights) in runs.items():
+        rows, seconds = train_subset_models(job, dataset, domain, device, options, run_subsets, csv_path, source, init, weights)
         summary[label] = (len(run_subsets), partition_score(rows, run_subsets, dataset.num_tasks, domain.metric), seconds)
     if any(score is not None for _, score, _ in summary.values()):
         column = f"avg test {'F1' if domain.metric == 'f1' else 'acc'}"
@@ -454,8 +522,34 @@ def train_subsets(job, dataset, domain, device, options: dict) -> None:
 
 
 def results_name(job) -> str:
-    """The truth CSV's name in ``--results-dir`` (no suffix): ``--results-name``, else ``<subsets stem>_<mode>``."""
-    return job.results_name or f"{Path(job.subsets_file).stem}_{'finetune' if job.init_from else 'scratch'}"
+    """The truth CSV's name in ``--results-dir`` (no suffix): ``--results-name``, else ``<subsets stem>_<mode>``
+    (``<subsets stem>_weighted_<mode>`` with ``--task-weights``)."""
+    weighted = "weighted_" if job.task_weights else ""
+    return job.results_name or f"{Path(job.subsets_file).stem}_{weighted}{'finetune' if job.init_from else 'scratch'}"
+
+
+def load_task_weights(path: str | Path, subsets, subsets_path: Path, num_tasks: int) -> np.ndarray:
+    """``--task-weights``: a (k, n) float64 matrix, row g the loss weights of the model of line g of the groups file
+    over all n tasks (STG-MTL: ``run_clustering.py --data-map``'s memberships). Refused, before anything is trained or
+    written: another shape than (lines, tasks), a non-numeric, non-finite or negative entry, and a line whose own
+    task has weight 0 in its row (its model would not train a task it is scored on)."""
+    rerun = "pass the (groups, tasks) memberships .npy run_clustering.py --data-map wrote"
+    weights = load_npy(path, rerun)
+    if weights.dtype.kind not in "biuf" or weights.ndim != 2:
+        raise UsageError(f"--task-weights {path} holds a {weights.ndim}-D {weights.dtype} array; {rerun}")
+    if weights.shape != (len(subsets), num_tasks):
+        raise UsageError(
+            f"--task-weights {path} has shape {weights.shape} but {subsets_path} has {len(subsets)} lines and the dataset "
+            f"{num_tasks} tasks: it must be ({len(subsets)}, {num_tasks}); pass the memberships made with this groups file"
+        )
+    weights = weights.astype(np.float64)
+    if not np.all(np.isfinite(weights)) or np.any(weights < 0):
+        raise UsageError(f"--task-weights {path} has negative or non-finite entries; weights must be finite and >= 0")
+    for line, subset in enumerate(subsets):
+        zero = [task for task in subset if weights[line, task] <= 0]
+        if zero:
+            raise UsageError(f"--task-weights {path}: line {line} of {subsets_path} holds task {zero[0]}, of weight 0 there")
+    return weights
 
 
 def partition_score(rows: list[dict], subsets, num_tasks: int, metric: str = "f1") -> float | None:
