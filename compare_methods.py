@@ -42,7 +42,7 @@ from data import (
 from gradtag.artifacts import UsageError, atomic_path, run_main, write_json
 from gradtag.checks import NONNEGATIVE_INT, POSITIVE, POSITIVE_INT, ArgumentParser
 from gradtag.results import read_results, read_subsets, write_subsets
-from gradtag.scores import DOMAIN_METRICS, save_affinity, score_records
+from gradtag.scores import DOMAIN_METRICS, is_pairwise, save_affinity, score_records
 from steps.cli import add_run_args
 from steps.methods import (
     LABELS,
@@ -208,11 +208,13 @@ def main(args: argparse.Namespace) -> None:
 
     grouped: dict[tuple, tuple[Path, Cost]] = {}
 
-    def train_groups(groups_file: Path, name: str) -> tuple[list[list[int]], float, Cost]:
+    def train_groups(groups_file: Path, name: str, weights: Path | None) -> tuple[list[list[int]], float, Cost]:
+        """One model per group, from scratch (a grouping met before is not trained twice; a weighted one always is)."""
         groups = [list(group) for group in read_subsets(groups_file, num_tasks)]
-        key = tuple(tuple(sorted(group)) for group in sorted(groups))
+        key = (tuple(tuple(sorted(group)) for group in sorted(groups)), weights)
         if key not in grouped:
             argv = [*train, *final, "--subsets-file", groups_file, "--results-dir", results, "--results-name", f"{name}_trained"]
+            argv += ["--task-weights", weights] if weights is not None else []
             run("train_multitask", [*argv, "--seed", args.seed, "--overwrite"], f"{name}_trained")
             csv = results / f"{name}_trained.csv"
             grouped[key] = (csv, results_cost(csv))
@@ -224,8 +226,8 @@ def main(args: argparse.Namespace) -> None:
         write_subsets(path, groups, header)
         return path
 
-    def row(method: str, files: list[Path], find: Cost, note: str = "") -> MethodRow:
-        trained = [train_groups(path, path.stem.removesuffix("_groups")) for path in files]
+    def row(method: str, files: list[Path], find: Cost, note: str = "", weights: Path | None = None) -> MethodRow:
+        trained = [train_groups(path, path.stem.removesuffix("_groups"), weights) for path in files]
         scores = [score for _, score, _ in trained]
         total = Cost()
         for _, _, cost in trained:
@@ -236,6 +238,7 @@ def main(args: argparse.Namespace) -> None:
     rows: list[MethodRow] = []
     collected: set[Path] = set()
     subsets_file = sample(args.num_subsets, args.seed) if need_base else None
+    affinity_kind = "pairwise" if subsets_file and is_pairwise(read_subsets(subsets_file, num_tasks)) else "higher_order"
     calibration, calibration_cost = [], Cost()
     if need_base and args.calibrate > 0 and any(method.startswith("gradtag") for method in wanted):
         calibration_csv = truth_csv(sample(args.calibrate, args.seed + 1), "finetune", "calibration")
@@ -265,12 +268,13 @@ def main(args: argparse.Namespace) -> None:
             argv += shlex.split(args.estimate_args)
             run("fit_linear_estimates", [*argv, "--name", method, "--results-dir", results, *torch_flags], method)
             find = find + results_cost(results / f"{method}_estimate.csv")
-            groups_file, cluster_cost = cluster(results / f"{method}_estimate_higher_order.npy", method)
+            groups_file, cluster_cost = cluster(results / f"{method}_estimate_{affinity_kind}.npy", method)
             rows.append(row(method, [groups_file], find + cluster_cost, f"M = {len(bases)}, m = {args.num_subsets}"))
         elif method == "exact":
             csv = truth_csv(subsets_file, args.exact_truth, "exact")
             records = score_records(read_results(csv), "loss")
-            affinity = save_affinity(results / "exact", records, num_tasks, False, {"truth": str(csv), "score": "loss"})
+            meta = {"truth": str(csv), "score": "loss"}
+            affinity = save_affinity(results / "exact", records, num_tasks, affinity_kind == "pairwise", meta)
             find = results_cost(csv) + (checkpoint_cost(base_runs[0]) if args.exact_truth == "finetune" else Cost())
             groups_file, cluster_cost = cluster(affinity, "exact")
             rows.append(row(method, [groups_file], find + cluster_cost, f"{args.exact_truth}, m = {args.num_subsets}"))
@@ -290,7 +294,8 @@ def main(args: argparse.Namespace) -> None:
             argv = ["--data-map", folder, "--k", k, "--method", "fuzzy", "--fuzziness", args.fuzziness, "--out", out]
             seconds = run("run_clustering", [*argv, "--overwrite", *(["--planted", planted] if planted else [])], "datamaps")
             find = checkpoint_cost(folder) + Cost(seconds, seconds, 0.0)
-            rows.append(row(method, [out], find, f"fuzzy c-means, m = {args.fuzziness}"))
+            weights = out.with_name(f"{out.stem}_memberships.npy")  # STG-MTL: group g's model weighs task j by u_gj
+            rows.append(row(method, [out], find, f"fuzzy c-means, m = {args.fuzziness}, membership-weighted", weights))
         steps_bar.update()
     steps_bar.close()
 
