@@ -28,6 +28,7 @@ CALIBRATE=${CALIBRATE:-40}                  # subsets trained for real to choose
 L2=${L2:-0.01}
 read -r -a TRUTH <<< "${TRUTH_FLAGS:-}"     # fine-tuned truth settings, e.g. TRUTH_FLAGS="--fixed-steps 50 --lr 1e-3"
 BASELINES=${BASELINES:-1}                   # 0 skips STL (one model per instruction) and MTL
+THETA=${THETA:-}                            # a trained θ* folder to reuse (skips step 1); empty: train it here
 SEED=0
 RUN=all_seed${SEED}
 DATA=(--dataset "$DATASET" --instructions "$INSTRUCTIONS" --num-tasks "$NUM_TASKS" --examples-per-task "$EXAMPLES_PER_TASK"
@@ -42,7 +43,13 @@ EXTRA=("$@")
 step() { local name=$1; shift; local start=$SECONDS; echo "== $name: $*"; "$@"; TIMES+=("$name=$((SECONDS - start))"); }
 TIMES=()
 
-step train_theta python train_multitask.py "${DATA[@]}" "${LM[@]}" --seed $SEED --overwrite "${EXTRA[@]}"
+if [ -n "$THETA" ]; then
+    if [ "$(realpath "$THETA")" != "$(realpath -m saved/$DATASET/$RUN)" ]; then
+        rm -rf "saved/$DATASET/$RUN" && mkdir -p "saved/$DATASET" && cp -r "$THETA" "saved/$DATASET/$RUN"
+    fi
+else
+    step train_theta python train_multitask.py "${DATA[@]}" "${LM[@]}" --seed $SEED --overwrite "${EXTRA[@]}"
+fi
 step gradients python collect_gradients.py --checkpoint saved/$DATASET/$RUN --project-dim "$PROJECT_DIM" --overwrite "${EXTRA[@]}"
 step sample python sample_subsets.py "${DATA[@]}" --num-subsets "$SUBSETS" --subset-size "$SUBSET_SIZE" --seed $SEED --overwrite
 CALIBRATION=()
