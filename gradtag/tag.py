@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch.func import functional_call
 
+from gradtag.flops import SampledFlops
 from models.modes import eval_mode
 
 # outputs of the model on a batch -> (per-task losses (n,), present (n,) bool): a task without samples in the batch
@@ -94,6 +95,7 @@ class TagAverage:
         self.steps = 0
         self.seconds = 0.0
         self.cpu_seconds = 0.0
+        self.flops = SampledFlops()  # the look-aheads' FLOPs, counted at the first recorded step, per batch row
 
     def add(self, Z: torch.Tensor | np.ndarray) -> None:
         """Add one step's (n, n) Z (NaN entries skipped)."""
@@ -117,7 +119,8 @@ class TagAverage:
                 return
             start, cpu_start = time.perf_counter(), time.process_time()
             inputs, task_losses = batch_losses(batch)
-            self.add(lookahead_affinity(model, inputs, task_losses, shared, lr))
+            with self.flops.measure(len(batch)):
+                self.add(lookahead_affinity(model, inputs, task_losses, shared, lr))
             self.seconds += time.perf_counter() - start
             self.cpu_seconds += time.process_time() - cpu_start
 

@@ -202,6 +202,7 @@ def train_meta_initializations(job, dataset, domain, device, options: dict) -> N
         identity = base_config(job, dataset, domain, options)
         if tag_average is not None:
             metrics["tag"] = save_tag_affinity(folder, tag_average, tasks, identity, config.lr, summary["steps"])
+            metrics["flops"] += metrics["tag"]["flops"]  # like its seconds, the run's FLOPs include the look-aheads
         else:  # an overwritten run without --record-tag must not leave the previous run's TAG matrix beside it
             for stale in tag_files(folder):
                 stale.unlink(missing_ok=True)
@@ -246,7 +247,13 @@ def save_tag_affinity(folder: Path, tag: TagAverage, tasks: list[int], identity:
     """
     matrix, counts, sidecar = tag_files(folder)
     affinity = tag.affinity().T
-    record = {"steps": tag.steps, "every": tag.every, "seconds": tag.seconds, "cpu_seconds": tag.cpu_seconds}
+    record = {
+        "steps": tag.steps,
+        "every": tag.every,
+        "seconds": tag.seconds,
+        "cpu_seconds": tag.cpu_seconds,
+        "flops": tag.flops.total,
+    }
     save_npy(matrix, affinity)
     save_npy(counts, tag.counts.T.copy())
     write_json(

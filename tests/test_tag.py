@@ -99,6 +99,9 @@ def test_record_tag_writes_a_finite_matrix_that_run_clustering_reads_and_trains_
     metrics = json.loads((folder / "metrics.json").read_text())
     assert sidecar["steps"] == metrics["tag"]["steps"] == 10 and sidecar["lr"] > 0 and metrics["tag"]["seconds"] > 0
     assert sidecar["tasks"] == [0, 1, 2, 3] and sidecar["uncovered_pairs"] == []
+    # the look-aheads' FLOPs are counted and included in the run's, as their seconds are
+    plain = json.loads((workdir / "without" / "saved/planted/all_seed0/metrics.json").read_text())
+    assert sidecar["flops"] > 0 and metrics["flops"] == plain["flops"] + sidecar["flops"]
     # the look-ahead runs in eval mode on substituted weights and draws no random numbers: θ* is unchanged by it
     weights = [torch.load(root / "saved/planted/all_seed0/model.pt") for root in (workdir / "with", workdir / "without")]
     assert state_fingerprint(weights[0]) == state_fingerprint(weights[1])
