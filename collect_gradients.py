@@ -57,7 +57,13 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="splits to collect: train for the regressions; val (and test) for linearized scoring",
     )
     parser.add_argument("--tasks", default="all", help="'all' or task indices such as '0 3 5' (a part of the work)")
-    parser.add_argument("--batch-size", type=POSITIVE_INT, default=256, help="nodes per vectorised gradient call (memory knob)")
+    parser.add_argument(
+        "--batch-size",
+        type=POSITIVE_INT,
+        default=None,
+        help="samples per batched gradient call, the memory knob (default: 256 nodes for graphs, 16 rendered inputs "
+        "for text: a batch of 256 RTE inputs of 128 tokens exhausted 24 GB)",
+    )
     parser.add_argument(
         "--task-chunk", type=POSITIVE_INT, default=10, help="tasks computed together before their files are written"
     )

@@ -26,6 +26,7 @@ class GraphDomain:
 
     name = "graph"
     metric = DOMAIN_METRICS[name]
+    gradient_batch_size = 256  # nodes per batched gradient call in step 2 (collect_gradients.py --batch-size)
     train_model, evaluate = staticmethod(training.train_model), staticmethod(training.evaluate)
     task_loss_gradients = staticmethod(training.task_loss_gradients)
     save_checkpoint, load_checkpoint = staticmethod(training.save_checkpoint), staticmethod(training.load_checkpoint)
@@ -59,7 +60,15 @@ class GraphDomain:
         nodes = np.concatenate([samples for _, _, samples in pieces])
         owners = np.concatenate([np.full(len(samples), task) for task, _, samples in pieces])
         return collect_projected_gradients(
-            model, dataset.features, (nodes, owners), projector, job.batch_size, device, not job.no_progress, job.method, desc
+            model,
+            dataset.features,
+            (nodes, owners),
+            projector,
+            job.batch_size or self.gradient_batch_size,
+            device,
+            not job.no_progress,
+            job.method,
+            desc,
         )
 
 
@@ -71,6 +80,7 @@ class TextDomain:
 
     name = "text"
     metric = DOMAIN_METRICS[name]
+    gradient_batch_size = 16  # rendered inputs per call: 256 RTE inputs of 128 tokens exhausted 24 GB in step 2
     train_model, evaluate = staticmethod(text_training.train_model), staticmethod(text_training.evaluate)
     task_loss_gradients = staticmethod(text_training.task_loss_gradients)
     save_checkpoint = staticmethod(text_training.save_checkpoint)
@@ -110,7 +120,15 @@ class TextDomain:
             inputs += pairs.inputs
             choices += pairs.answer_choices
         return text_training.collect_projected_gradients(
-            model, inputs, choices, projector, job.batch_size, device, not job.no_progress, job.method, desc
+            model,
+            inputs,
+            choices,
+            projector,
+            job.batch_size or self.gradient_batch_size,
+            device,
+            not job.no_progress,
+            job.method,
+            desc,
         )
 
 

@@ -56,7 +56,7 @@ class GradientJob:
     method: str = "factored"
     splits: tuple[str, ...] = ("train", "val")
     tasks: str = "all"
-    batch_size: int = 256
+    batch_size: int | None = None  # None: the domain's (steps.domains: gradient_batch_size)
     task_chunk: int = 10
     overwrite: bool = False
     out: str | None = None

@@ -33,15 +33,13 @@ def test_costs_add_and_unknown_flops_stay_unknown():
 
 
 def test_partition_score_averages_each_task_once_and_refuses_a_partial_csv(tmp_path):
-    rows = [
-        {"subset_id": 0, "subset": "0 1", "task": 0, "seed": 0, "test_f1": 0.2},
-        {"subset_id": 0, "subset": "0 1", "task": 1, "seed": 0, "test_f1": 0.4},
-        {"subset_id": 1, "subset": "2", "task": 2, "seed": 0, "test_f1": 0.9},
+    zeros = {f"{split}_{kind}": 0.0 for split in ("val", "test") for kind in ("loss", "f1", "accuracy")}
+    cells = [(0, "0 1", 0, 0.2), (0, "0 1", 1, 0.4), (1, "2", 2, 0.9)]
+    full = [
+        {"subset_id": index, "subset": subset, "task": task, "seed": 0, **zeros, "distance": 0.0, "source": "trained"}
+        | {"test_f1": f1}
+        for index, subset, task, f1 in cells
     ]
-    full = [{**row, **{f"{split}_{kind}": 0.0 for split in ("val", "test") for kind in ("loss", "f1", "accuracy")}} for row in rows]
-    for row, original in zip(full, rows, strict=True):
-        row["test_f1"] = original["test_f1"]
-        row.update(distance=0.0, source="trained")
     write_results(tmp_path / "g.csv", full)
     assert partition_score(tmp_path / "g.csv", [[0, 1], [2]], "f1") == pytest.approx(0.5)
     with pytest.raises(UsageError, match="one model per group"):
