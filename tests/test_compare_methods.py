@@ -107,3 +107,25 @@ def test_a_record_without_cost_is_a_usage_error(tmp_path):
 
     with pytest.raises(UsageError, match="records no cost"):
         checkpoint_cost(tmp_path)
+
+
+def test_compare_methods_runs_text_tasks_with_the_same_contract(workdir):
+    """The text domain through compare_methods.py: a tiny BERT with LoRA on a tiny embedded text default, scored by
+    accuracy, its planted instruction groups found by the generated default."""
+    from tests.test_text_pipeline import DATA, tiny_bert_folder
+
+    tiny_bert_folder(workdir / "tinybert")
+    model = "--text-model tinybert --lora-rank 2 --epochs 2"
+    flags = [
+        *DATA,
+        *("--methods", "mtl", "datamaps", "tag", "exact", "gradtag1", "--num-subsets", "6", "--subset-size", "2"),
+        *("--calibrate", "0", "--project-dim", "16", "--tag-every", "2", "--threads", "1", "--no-progress"),
+        *("--train-args", model, "--truth-args", "--fixed-steps 2", "--work-dir", "t3"),
+    ]
+    assert exit_status(compare_methods.main, compare_methods.get_args_parser(), flags) == 0
+    table = json.loads((workdir / "t3" / "table3.json").read_text())
+    assert (table["num_tasks"], table["k"], table["metric"]) == (4, 2, "accuracy")
+    assert [row["method"] for row in table["rows"]] == ["mtl", "datamaps", "tag", "exact", "gradtag1"]
+    for row in table["rows"]:
+        assert all(0.0 <= score <= 1.0 for score in row["scores"]) and len(row["aris"]) == 1, row["method"]
+    assert "avg test accuracy" in (workdir / "t3" / "table3.md").read_text()
