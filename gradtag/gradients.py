@@ -21,7 +21,7 @@ from torch.func import functional_call, grad, jvp, vjp, vmap
 from tqdm.auto import tqdm
 
 from gradtag.projection import KroneckerProjector, Projector
-from models.modes import eval_mode
+from models.modes import eval_mode, functional_state
 
 GRADIENT_METHODS = ("factored", "shared", "per_pair")
 
@@ -73,16 +73,6 @@ def unflatten_params(vector: torch.Tensor, shapes: dict[str, torch.Size]) -> dic
     return pieces
 
 
-def _state(model: nn.Module, device: torch.device | str | None) -> tuple[dict, dict]:
-    """(trainable params, everything else: frozen params and buffers), detached and on ``device``."""
-    params = {name: t.to(device) if device is not None else t for name, t in trainable_parameters(model).items()}
-    constants = {name: t.detach() for name, t in model.named_parameters() if not t.requires_grad}
-    constants.update(dict(model.named_buffers()))
-    if device is not None:
-        constants = {name: t.to(device) for name, t in constants.items()}
-    return params, constants
-
-
 def _single_logits(model: nn.Module, constants: dict):
     """f(params, x) -> (T,) logits of one sample x of shape (num_hops + 1, in_dim)."""
 
@@ -105,7 +95,7 @@ def output_gradients(model: nn.Module, x: torch.Tensor, tasks: torch.Tensor) -> 
         One tensor (B, *param.shape) per trainable parameter, in ``named_parameters()`` order. Cost: one forward and
         one backward per sample (per (node, task) pair), batched by vmap.
     """
-    params, constants = _state(model, x.device)
+    params, constants = functional_state(model, x.device)
     logits = _single_logits(model, constants)
 
     def task_logit(params: dict, x_one: torch.Tensor, task: torch.Tensor) -> torch.Tensor:
@@ -139,7 +129,7 @@ def output_gradients_multi(model: nn.Module, x: torch.Tensor, tasks: torch.Tenso
         ``(grads, logits)``: one tensor (B, K, *param.shape) per trainable parameter in ``named_parameters()``
         order, and the logits (B, T) of every sample at θ.
     """
-    params, constants = _state(model, x.device)
+    params, constants = functional_state(model, x.device)
     logits = _single_logits(model, constants)
 
     def per_node(x_one: torch.Tensor, task_row: torch.Tensor) -> tuple[dict, torch.Tensor]:
@@ -341,7 +331,7 @@ def collect_projected_gradients(
             x_pairs = x.repeat_interleave(tasks.shape[1], dim=0)
             flat = output_gradients(model, x_pairs, tasks.reshape(-1))
             with torch.no_grad(), eval_mode(model):
-                params, constants = _state(model, x.device)
+                params, constants = functional_state(model, x.device)
                 out = functional_call(model, (params, constants), (x_pairs,))
             batch_logits = out.gather(1, tasks.reshape(-1, 1)).reshape(-1)
             projected = projector.project(flat)
@@ -357,7 +347,7 @@ def collect_projected_gradients(
 def _batched_logits(model: nn.Module, device, dtype: torch.dtype | None):
     """(logits(params, x) -> (b, T) of a batch, the model's trainable parameters, their shapes, the dtype): the
     functional model with everything in ``dtype`` (default: the trainable parameters' own) on ``device``."""
-    params, constants = _state(model, device)
+    params, constants = functional_state(model, device)
     dtype = dtype or next(iter(params.values())).dtype
     params = {name: t.to(dtype) for name, t in params.items()}
     constants = {name: t.to(dtype) if t.is_floating_point() else t for name, t in constants.items()}

@@ -34,7 +34,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad_and_value, vmap
 
-from models.modes import eval_mode
+from models.modes import eval_mode, functional_state
 
 KINDS = ("encoder", "seq2seq")
 DEFAULT_LORA_RANK = 4  # the paper's LoRA rank for its text experiments
@@ -451,9 +451,7 @@ def output_gradients(
         (what :meth:`Projector.project` takes as a list), in the parameters' dtype, and the (B,) outputs at θ.
     """
     inputs = model_inputs(model, batch)
-    params = {name: param.detach() for name, param in model.named_parameters() if param.requires_grad}
-    constants = {name: param.detach() for name, param in model.named_parameters() if not param.requires_grad}
-    constants.update(dict(model.named_buffers()))
+    params, constants = functional_state(model)
 
     def single(params: dict, example: dict) -> torch.Tensor:
         one = {key: value.unsqueeze(0) for key, value in example.items()}
