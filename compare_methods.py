@@ -134,17 +134,19 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 class Runner:
     """Runs scripts in this process (``module.main(module.get_args_parser().parse_args(argv))``), each one's printed
-    output appended to its own log, and times them."""
+    output in its own log (started afresh by this run, then appended to), and times them."""
 
     def __init__(self, logs: Path):
-        self.logs = logs
+        self.logs, self.started = logs, set()
         logs.mkdir(parents=True, exist_ok=True)
 
     def __call__(self, script: str, argv: list[str], log: str) -> float:
         module = importlib.import_module(script)
         args = module.get_args_parser().parse_args([str(item) for item in argv])
         start = time.perf_counter()
-        with open(self.logs / f"{log}.log", "a") as handle, contextlib.redirect_stdout(handle):
+        mode = "a" if log in self.started else "w"
+        self.started.add(log)
+        with open(self.logs / f"{log}.log", mode) as handle, contextlib.redirect_stdout(handle):
             print(f"$ python {script}.py {shlex.join(str(item) for item in argv)}")
             module.main(args)
         return time.perf_counter() - start
