@@ -129,7 +129,7 @@ def run(job: SelectJob) -> dict:
     if unconverged[0]:
         print(f"warning: {unconverged[0]} regressions did not converge")
 
-    trained = train_chosen(job, configs, name, path.chosen) if job.train else None
+    trained = train_chosen(job, configs, name, path.start, path.chosen) if job.train else None
     record = {
         "dataset": configs[0]["dataset"],
         "dataset_fingerprint": configs[0]["dataset_fingerprint"],
@@ -165,7 +165,7 @@ def run(job: SelectJob) -> dict:
         "versions": package_versions(),
     }
     write_json(out, record)
-    trained_text = f", trained {trained['score']:.4f}" if trained else ""
+    trained_text = f", trained {trained['score']:.4f} (start's {trained['start_score']:.4f})" if trained else ""
     print(
         f"selected {' '.join(map(str, path.chosen))} for task {job.target} ({job.direction}, {len(path.rounds)} rounds, "
         f"{scored[0]} subsets estimated in {seconds:.2f}s): estimate {path.score:.4f}{trained_text}; wrote {out}"
@@ -184,20 +184,25 @@ def print_path(path, score: str) -> None:
         )
 
 
-def train_chosen(job: SelectJob, configs: list[dict], name: str, subset: tuple[int, ...]) -> dict:
-    """Train ``subset`` for real as a truth is trained and return its score for the target.
+def train_chosen(job: SelectJob, configs: list[dict], name: str, start: tuple[int, ...], subset: tuple[int, ...]) -> dict:
+    """Train the chosen ``subset`` and the selection's ``start`` ({target} forward, all tasks backward) for real as a
+    truth is trained and return their scores for the target (``score``, ``start_score``): did selecting help?
 
     The run rebuilds the first base's step-1 settings from its ``config.json`` (dataset and its options, model and
-    options, batch size, weight decay, class balancing) and fine-tunes every base on a one-line subsets file
-    ``<name>_chosen.txt`` in the truth's regime (``steps.train.FINETUNE_STEPS`` at ``FINETUNE_LR``), writing the truth
-    CSV ``<name>_finetune.csv``: what ``train_multitask.py --subsets-file F --init-from BASES`` would.
+    options, batch size, weight decay, class balancing) and fine-tunes every base on the subsets file
+    ``<name>_chosen.txt`` (the chosen subset, then the start) in the truth's regime (``steps.train.FINETUNE_STEPS`` at
+    ``FINETUNE_LR``), writing the truth CSV ``<name>_finetune.csv``: what ``train_multitask.py --subsets-file F
+    --init-from BASES`` would.
     """
     base_args = read_config(configs[0]["checkpoint"], "checkpoint")["args"]
     fields = {field.name for field in dataclasses.fields(train_step.TrainJob)}
     values = {key: value for key, value in base_args.items() if key in fields}
     values["lora_targets"] = tuple(values["lora_targets"]) if values.get("lora_targets") else None
     subsets_file = Path(job.results_dir) / f"{name}_chosen.txt"
-    write_subsets(subsets_file, [subset], header=f"chosen by select_tasks.py for task {job.target} ({job.direction})")
+    lines = [subset] if tuple(start) == tuple(subset) else [subset, start]
+    write_subsets(
+        subsets_file, lines, header=f"chosen by select_tasks.py for task {job.target} ({job.direction}), then its start"
+    )
     values.update(
         subsets_file=str(subsets_file),
         init_from=tuple(config["checkpoint"] for config in configs),
@@ -218,9 +223,16 @@ def train_chosen(job: SelectJob, configs: list[dict], name: str, subset: tuple[i
         shard_id=0,
         threads=job.threads,
         record_tag=False,
+        record_data_map=False,
+        task_weights=None,
     )
     train_job = train_step.TrainJob(**values)
     train_step.run(train_job)
     csv_path = Path(job.results_dir) / f"{train_job.results_name}.csv"
     records = {(subset_, task): value for subset_, task, value in score_records(read_results(csv_path), job.score)}
-    return {"csv": str(csv_path), "subsets_file": str(subsets_file), "score": records[tuple(subset), job.target]}
+    return {
+        "csv": str(csv_path),
+        "subsets_file": str(subsets_file),
+        "score": records[tuple(subset), job.target],
+        "start_score": records[tuple(start), job.target],
+    }

@@ -85,9 +85,9 @@ def test_select_tasks_writes_its_path_and_trains_the_chosen_subset(base, workdir
     assert written["estimate"] == kept[-1] and kept == sorted(kept)  # each kept removal improved the estimate
     trained = written["trained"]
     assert trained["score"] < 0 and (results / "planted_select_task1_backward_finetune.csv").is_file()
-    assert (results / "planted_select_task1_backward_chosen.txt").read_text().splitlines()[-1] == " ".join(
-        map(str, written["chosen"])
-    )
+    assert trained["start_score"] < 0  # backward starts from all tasks: trained beside the chosen subset
+    lines = [line for line in (results / "planted_select_task1_backward_chosen.txt").read_text().splitlines() if line[0] != "#"]
+    assert lines == [" ".join(map(str, written["chosen"])), " ".join(map(str, written["start"]["subset"]))]
     assert f"trained {trained['score']:.4f}" in out and "wrote " + str(results / "planted_select_task1_backward.json") in out
 
 
