@@ -271,6 +271,7 @@ def collect_projected_gradients(
     progress: bool = True,
     method: str = "factored",
     desc: str = "gradients",
+    flops: SampledFlops | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """g = Pᵀ ∇θ f(x; θ*) for every input text, and f(x; θ*): (N, d) and (N,) float32 (Alg. 1, lines 2-4).
 
@@ -279,7 +280,8 @@ def collect_projected_gradients(
     (:func:`gradtag.gradients.output_gradient_factors`; LoRA's and the head's linear layers) and hands them to
     ``projector.project_layers``: per-example gradients without a per-example pass. Any other method runs
     :func:`models.text.output_gradients` (a ``torch.func`` vmap over examples) and projects the full gradients; both
-    give the same numbers up to float rounding.
+    give the same numbers up to float rounding. ``flops``, if given, tallies the work per input (counted on the
+    first batch).
     """
     gradients = np.zeros((len(inputs), projector.project_dim), dtype=np.float32)
     outputs = np.zeros(len(inputs), dtype=np.float32)
@@ -287,13 +289,14 @@ def collect_projected_gradients(
     for start in range(0, len(inputs), batch_size):
         stop = min(start + batch_size, len(inputs))
         batch = encode(model, inputs[start:stop], choices[start:stop], device)
-        if method == "factored" and model.kind == "encoder":
-            zeros = torch.zeros(stop - start, 1, dtype=torch.int64, device=device)
-            parts, margins = output_gradient_factors(model, model_inputs(model, batch), zeros)
-            projected, margins = projector.project_layers(parts)[:, 0], margins[:, 0]
-        else:
-            grads, margins = output_gradients(model, batch)
-            projected = projector.project(grads)
+        with flops.measure(stop - start) if flops is not None else contextlib.nullcontext():
+            if method == "factored" and model.kind == "encoder":
+                zeros = torch.zeros(stop - start, 1, dtype=torch.int64, device=device)
+                parts, margins = output_gradient_factors(model, model_inputs(model, batch), zeros)
+                projected, margins = projector.project_layers(parts)[:, 0], margins[:, 0]
+            else:
+                grads, margins = output_gradients(model, batch)
+                projected = projector.project(grads)
         gradients[start:stop] = projected.float().cpu().numpy()
         outputs[start:stop] = margins.detach().float().cpu().numpy()
         bar.update(stop - start)

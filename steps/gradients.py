@@ -32,7 +32,7 @@ from gradtag.artifacts import (
     write_json,
 )
 from gradtag.checkpoints import gradient_file, gradients_dir, state_fingerprint
-from gradtag.flops import count_flops, format_flops
+from gradtag.flops import format_flops
 from gradtag.gradients import flat_params, trainable_parameters
 from gradtag.health import base_verdict
 from gradtag.projection import make_projector
@@ -185,13 +185,12 @@ def collect_tasks(
     for chunk in [chunk for chunk in chunks if todo.intersection(chunk)]:
         pieces = [(task, split, dataset.samples(task, split)) for task in chunk for split in job.splits]
         start, cpu_start = time.perf_counter(), time.process_time()
-        with count_flops() as flops:
-            gradients, outputs = domain.collect(
-                model, dataset, pieces, projector, job, device, f"gradients tasks {chunk[0]}..{chunk[-1]}"
-            )
+        gradients, outputs, flops = domain.collect(
+            model, dataset, pieces, projector, job, device, f"gradients tasks {chunk[0]}..{chunk[-1]}"
+        )
         seconds = time.perf_counter() - start
-        add_cost(cost_path, seconds, flops.total, time.process_time() - cpu_start)
-        total_seconds, total_flops = total_seconds + seconds, total_flops + flops.total
+        add_cost(cost_path, seconds, flops, time.process_time() - cpu_start)
+        total_seconds, total_flops = total_seconds + seconds, total_flops + flops
         offset = 0
         for task, split, samples in pieces:
             rows = slice(offset, offset + len(samples))
