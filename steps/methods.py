@@ -12,11 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from sklearn.metrics import adjusted_rand_score
 
 from gradtag.artifacts import UsageError
-from gradtag.clustering import groups_to_labels
+from gradtag.evaluation import adjusted_rand
 from gradtag.results import read_results, read_subsets
+from steps.train import partition_score as train_partition_score
 
 # Table 3's rows, in its order: name -> what the method groups by (the table's legend)
 METHODS = {
@@ -113,22 +113,20 @@ def random_groups(num_tasks: int, k: int, seed: int) -> list[list[int]]:
 
 
 def partition_score(csv_path: str | Path, groups: list[list[int]], metric: str) -> float:
-    """Average over all tasks of their group model's test ``metric`` (a grouped training's CSV; every task once)."""
-    per_task: dict[int, list[float]] = {}
-    for row in read_results(csv_path):
-        per_task.setdefault(int(row["task"]), []).append(float(row[f"test_{metric}"]))
+    """Average over all tasks of their group model's test ``metric`` (a grouped training's CSV; every task once):
+    ``steps.train.partition_score`` on the CSV's rows, once they are checked to cover exactly the groups' tasks."""
+    rows = read_results(csv_path)
     expected = sorted(task for group in groups for task in group)
-    if sorted(per_task) != expected:
+    if sorted({int(row["task"]) for row in rows}) != expected:
         raise UsageError(f"{csv_path} does not hold one model per group of its groups file; rerun its training")
-    return float(np.mean([np.mean(values) for values in per_task.values()]))
+    return train_partition_score(rows, groups, len(expected), metric)
 
 
 def planted_ari(groups: list[list[int]], planted_file: str | Path | None, num_tasks: int) -> float | None:
     """Adjusted Rand index of ``groups`` against the planted groups file (None without one)."""
     if planted_file is None:
         return None
-    planted = [list(group) for group in read_subsets(planted_file, num_tasks)]
-    return float(adjusted_rand_score(groups_to_labels(planted, num_tasks), groups_to_labels(groups, num_tasks)))
+    return adjusted_rand(read_subsets(planted_file, num_tasks), groups, num_tasks)
 
 
 # ---------------------------------------------------------------------------------------------------------- table
