@@ -30,7 +30,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     make.add_argument("--groups", default=None, help="JSON written by run_clustering.py beside its groups file")
     make.add_argument("--training", default=None, help="*_summary.json of train_multitask.py --baselines")
     make.add_argument("--comparison", default=None, help="*_report.json of compare_affinities.py")
-    make.add_argument("--times", nargs="*", default=[], help="step=seconds pairs measured by the calling script (printed only)")
+    make.add_argument(
+        "--times",
+        nargs="*",
+        default=[],
+        help="step=wall[,cpu] seconds measured by the calling script, CPU seconds summed over the step's threads (printed only)",
+    )
+    make.add_argument("--threads", type=int, default=None, help="torch threads each step ran with (printed beside the seconds)")
     make.add_argument("--write", default=None, help="also write the summary (markdown) to this file")
     readme = parser.add_argument_group("README's copy")
     readme.add_argument("--summary", default=None, help="a summary file written with --write")
@@ -40,6 +46,28 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 TRAINING_METRICS = {"avg_test_f1": "macro-F1", "avg_test_accuracy": "accuracy"}
+ABSENT = "–"  # a figure the run did not make: the group effect and the ARI against planted groups need --planted
+
+
+def _fmt(value, spec: str = ".3f") -> str:
+    return ABSENT if value is None else format(value, spec)
+
+
+def comparison_row(score: str, f: dict) -> str:
+    """One row of the comparison table from a truth's figures ``f`` in compare_affinities.py's report."""
+    cells = [
+        score,
+        _fmt(f.get("spearman_per_task_subsets")),
+        _fmt(f.get("spearman_per_task_rows")),
+        _fmt(f.get("spearman_pooled")),
+        f"{_fmt(f.get('relative_distance_raw'), '.4f')} / {_fmt(f.get('relative_distance_row_centered'))}",
+        ABSENT if f.get("group_effect_slope") is None else f"{f['group_effect_slope']:+.4f} ({f['group_effect_t']:.1f})",
+        _fmt(f.get("split_half", {}).get("rows_full")),
+        _fmt(f.get("distance", {}).get("median")),
+        _fmt(f.get("ari_vs_planted")),
+        _fmt(f.get("ari_estimate_vs_truth")),
+    ]
+    return "| " + " | ".join(cells) + " |"
 
 
 def summary_markdown(groups: dict, training: dict | None, comparison: dict | None) -> str:
@@ -54,8 +82,7 @@ def summary_markdown(groups: dict, training: dict | None, comparison: dict | Non
         key, title = next((key, title) for key, title in TRAINING_METRICS.items() if all(key in row for row in training.values()))
         lines += ["", f"| method | models | avg test {title} |", "|---|---|---|"]
         for method, row in training.items():
-            score = "–" if row[key] is None else f"{row[key]:.3f}"
-            lines.append(f"| {method} | {row['models']} | {score} |")
+            lines.append(f"| {method} | {row['models']} | {_fmt(row[key])} |")
     if comparison:
         lines += [
             "",
@@ -67,15 +94,7 @@ def summary_markdown(groups: dict, training: dict | None, comparison: dict | Non
             for figures in entry["truths"].values():
                 if "spearman_per_task_subsets" not in figures:
                     continue
-                ari_planted = figures.get("ari_vs_planted")
-                lines.append(
-                    f"| {score} | {figures['spearman_per_task_subsets']:.3f} | {figures['spearman_per_task_rows']:.3f} | "
-                    f"{figures['spearman_pooled']:.3f} | {figures['relative_distance_raw']:.4f} / "
-                    f"{figures['relative_distance_row_centered']:.3f} | {figures['group_effect_slope']:+.4f} "
-                    f"({figures['group_effect_t']:.1f}) | {figures['split_half']['rows_full']:.3f} | "
-                    f"{figures['distance']['median']:.3f} | {'–' if ari_planted is None else f'{ari_planted:.3f}'} | "
-                    f"{figures['ari_estimate_vs_truth']:.3f} |"
-                )
+                lines.append(comparison_row(score, figures))
     return "\n".join(lines) + "\n"
 
 
@@ -114,23 +133,31 @@ def main(args: argparse.Namespace) -> None:
     times = []
     for item in args.times:
         step, _, seconds = item.partition("=")
+        wall, _, cpu = seconds.partition(",")
         try:
-            times.append(f"| {step} | {float(seconds):.1f} |")
+            wall, cpu = float(wall), float(cpu) if cpu else None
         except ValueError:
-            raise UsageError(f"--times {item!r}: give step=seconds") from None
+            raise UsageError(f"--times {item!r}: give step=wall or step=wall,cpu seconds") from None
+        times.append(f"| {step} | {wall:.1f} | {_fmt(cpu, '.1f')} |")
     print("\n## Summary\n" + markdown)
     if training:
         times += [
-            f"| train {method} ({row['models']} model{'s' * (row['models'] != 1)}) | {row['seconds']:.1f} |"
+            f"| train {method} ({row['models']} model{'s' * (row['models'] != 1)}) | {row['seconds']:.1f} | "
+            f"{_fmt(row.get('cpu_seconds'), '.1f')} |"
             for method, row in training.items()
         ]
     if times:
-        print("| step | seconds (this run) |\n|---|---|\n" + "\n".join(times))
+        threads = "" if args.threads is None else f" ({args.threads} torch thread{'s' * (args.threads != 1)} per step)"
+        print(f"| step | wall s | CPU s{threads} |\n|---|---|---|\n" + "\n".join(times))
     if args.write:
         with atomic_path(args.write) as tmp:
             tmp.write_text(markdown)
-        check = f"python pipeline_summary.py --check-readme README.md --summary {args.write}"
-        print(f"wrote {args.write} (check README's copy: {check})")
+        readme = Path(__file__).resolve().parent / "README.md"
+        if f"<!-- pipeline_summary: {Path(args.write).name} -->" in (readme.read_text() if readme.is_file() else ""):
+            check = f"python pipeline_summary.py --check-readme README.md --summary {args.write}"
+            print(f"wrote {args.write} (check README's copy: {check})")
+        else:
+            print(f"wrote {args.write}")
 
 
 if __name__ == "__main__":
