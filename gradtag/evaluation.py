@@ -338,6 +338,9 @@ class Calibration(NamedTuple):
     n_subsets: int
 
 
+MIN_CALIBRATION_SUBSETS = 4  # the held-out figure chooses on one half and scores on the other: 2 subsets each at least
+
+
 def calibrate(estimates_by_value: Mapping[Hashable, Mapping | Iterable], truth: Mapping | Iterable, seed: int = 0) -> Calibration:
     """Pick the setting (the regression's λ, a (solver, λ) pair) whose estimates best match a truth trained on a few subsets.
 
@@ -349,8 +352,8 @@ def calibrate(estimates_by_value: Mapping[Hashable, Mapping | Iterable], truth: 
     truth = score_table(truth)
     estimates = {value: score_table(table) for value, table in estimates_by_value.items()}
     subsets = sorted({subset for subset, _ in truth})
-    if len(subsets) < 4:
-        raise UsageError(f"calibration needs at least 4 trained subsets, got {len(subsets)}")
+    if len(subsets) < MIN_CALIBRATION_SUBSETS:
+        raise UsageError(f"calibration needs at least {MIN_CALIBRATION_SUBSETS} trained subsets, got {len(subsets)}")
 
     def rho(value: Hashable, keep: set) -> float:
         part = {key: score for key, score in truth.items() if key[0] in keep}

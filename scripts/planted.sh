@@ -1,33 +1,34 @@
 #!/usr/bin/env bash
 # The embedded default, end to end, offline: steps 1-4, the fine-tuned truth for comparison, grouped training
-# against STL and naive MTL, and a summary table. Extra flags (e.g. --device cuda) go to every torch step.
+# against STL and naive MTL, and a summary table (results/planted_summary.md, README's block of that name).
+# Usage: [NAME=value ...] bash scripts/planted.sh [--threads N] [--device D] [--no-progress]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/common.sh
 
+knob THREADS 1 "" "torch threads per step (1: steady on a shared machine; README's figures use it)"
+knob TRUTH_FLAGS "" "" "fine-tuned truth settings, e.g. \"--fixed-steps 50 --lr 1e-2\""
+knob CALIBRATE 40 --calibrate-with "subsets trained for real to choose the regression's λ on (0: use L2)"
+knob L2 0.01 --l2 "regression L2 strength without calibration"
+# Here the paper's regression (newton-cg): SOLVERS="exact-step newton-cg" picks the exact step (per-task ρ 0.87 vs 0.80)
+# but its groups recover the planted ones at ARI 0.67 instead of 1.00 (generator seed 1; README, "Measured levers").
+knob SOLVERS newton-cg --calibrate-solvers "solvers the calibration chooses λ with"
+knob SOLVER newton-cg --solver "step 3's solver without calibration"
+parse_script_args "$@"
+check_calibration
 DATASET=planted
 SEED=0            # meta-initialization seed (M = 1)
 PROJECT_DIM=200   # d
 SUBSETS=200       # m sampled subsets ...
 SUBSET_SIZE=5     # ... of size alpha = n/4
 K=4               # groups to find
-read -r -a TRUTH <<< "${TRUTH_FLAGS:-}"  # fine-tuned truth settings, e.g. TRUTH_FLAGS="--fixed-steps 50 --lr 1e-2"
-CALIBRATE=${CALIBRATE:-40}  # subsets trained for real to choose the regression's λ on (0: use L2 below)
-L2=0.01           # regression L2 strength without calibration
-# Step 3's solver, chosen with λ on the calibration subsets among SOLVERS; SOLVER alone is used without calibration.
-# Here the paper's regression (newton-cg): SOLVERS="exact-step newton-cg" picks the exact step (per-task ρ 0.87 vs 0.80)
-# but its groups recover the planted ones at ARI 0.67 instead of 1.00 (generator seed 1; README, "Measured levers").
-SOLVERS=${SOLVERS:-newton-cg}
-SOLVER=${SOLVER:-newton-cg}
+read -r -a TRUTH <<< "$TRUTH_FLAGS"
 RUN=all_seed${SEED}
 SUBSETS_FILE=sampled_tasks/${DATASET}_m${SUBSETS}_a${SUBSET_SIZE}_s${SEED}.txt
 NAME=$(basename "$SUBSETS_FILE" .txt)
-EXTRA=("$@")
 
-step() { local name=$1; shift; local start=$SECONDS; echo "== $name: $*"; "$@"; TIMES+=("$name=$((SECONDS - start))"); }
-TIMES=()
-
-step train_theta python train_multitask.py --dataset $DATASET --seed $SEED --overwrite "${EXTRA[@]}"
-step gradients python collect_gradients.py --checkpoint saved/$DATASET/$RUN --project-dim $PROJECT_DIM --overwrite "${EXTRA[@]}"
+step train_theta python train_multitask.py --dataset $DATASET --seed $SEED --overwrite "${COMMON[@]}"
+step gradients python collect_gradients.py --checkpoint saved/$DATASET/$RUN --project-dim $PROJECT_DIM --overwrite "${COMMON[@]}"
 step sample python sample_subsets.py --dataset $DATASET --num-subsets $SUBSETS --subset-size $SUBSET_SIZE --seed $SEED --overwrite
 # λ must match the truth's regime (README, "The truth's regime"): train a few other subsets for real and pick it there
 CALIBRATION=()
@@ -36,20 +37,21 @@ if [ "$CALIBRATE" -gt 0 ]; then
     step sample_calibration python sample_subsets.py --dataset $DATASET --num-subsets "$CALIBRATE" --subset-size "$SUBSET_SIZE" \
         --seed $((SEED + 1)) --overwrite
     step truth_calibration python train_multitask.py --dataset $DATASET --subsets-file "$CAL_FILE" \
-        --init-from saved/$DATASET/$RUN "${TRUTH[@]}" --overwrite "${EXTRA[@]}"
+        --init-from saved/$DATASET/$RUN "${TRUTH[@]}" --overwrite "${COMMON[@]}"
     read -r -a CALIBRATE_SOLVERS <<< "$SOLVERS"
     CALIBRATION=(--calibrate-with "results/$(basename "$CAL_FILE" .txt)_finetune.csv" --calibrate-solvers "${CALIBRATE_SOLVERS[@]}")
 fi
 step estimate python fit_linear_estimates.py --gradients gradients/$DATASET/${RUN}_d$PROJECT_DIM \
-    --subsets-file "$SUBSETS_FILE" --l2 $L2 --solver "$SOLVER" "${CALIBRATION[@]}" "${EXTRA[@]}"
+    --subsets-file "$SUBSETS_FILE" --l2 "$L2" --solver "$SOLVER" "${CALIBRATION[@]}" "${COMMON[@]}"
 step truth_finetune python train_multitask.py --dataset $DATASET --subsets-file "$SUBSETS_FILE" \
-    --init-from saved/$DATASET/$RUN "${TRUTH[@]}" --overwrite "${EXTRA[@]}"
+    --init-from saved/$DATASET/$RUN "${TRUTH[@]}" --overwrite "${COMMON[@]}"
 step compare python compare_affinities.py --estimated results/${NAME}_estimate.csv \
     --trained results/${NAME}_finetune.csv --planted datasets/$DATASET/planted_groups.txt
 step cluster python run_clustering.py --affinity results/${NAME}_estimate_higher_order.npy --k $K \
     --out results/${DATASET}_groups.txt --planted datasets/$DATASET/planted_groups.txt --overwrite
 step grouped_training python train_multitask.py --dataset $DATASET --subsets-file results/${DATASET}_groups.txt \
-    --baselines --seed $SEED --overwrite "${EXTRA[@]}"
+    --baselines --seed $SEED --overwrite "${COMMON[@]}"
 
 python pipeline_summary.py --groups results/${DATASET}_groups.json --training results/${DATASET}_groups_scratch_summary.json \
-    --comparison results/${NAME}_finetune_report.json --times "${TIMES[@]}" --write results/${DATASET}_summary.md
+    --comparison results/${NAME}_finetune_report.json --threads "$THREADS" --times "${TIMES[@]}" \
+    --write results/${DATASET}_summary.md

@@ -5,5 +5,4 @@
 #       INSTRUCTIONS=../shared/data/instructions/promptsource_super_glue_rte.yaml bash scripts/rte.sh --threads 2
 # Usage: DATA_DIR=path/to/rte-jsonl INSTRUCTIONS=path/to/paper_task_templates.json bash scripts/rte.sh [--device cuda]
 set -euo pipefail
-: "${INSTRUCTIONS:?set INSTRUCTIONS to the paper templates (paper_task_templates.json) or a promptsource YAML}"
-exec bash "$(dirname "$0")/instructions.sh" rte "$@"
+SCRIPT=scripts/rte.sh exec bash "$(dirname "$0")/instructions.sh" rte "$@"

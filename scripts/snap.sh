@@ -1,84 +1,92 @@
 #!/usr/bin/env bash
 # A SNAP community graph end to end: steps 1-4 plus the fine-tuned truth on the same subsets, and grouped training
-# against STL and naive MTL. Usage: DATA_DIR=path/to/files bash scripts/snap.sh dblp [extra flags for torch steps]
+# against STL and naive MTL, then results/<name>_summary.md.
+# Usage: DATA_DIR=path/to/files [NAME=value ...] bash scripts/snap.sh <name> [--threads N] [--device D] [--no-progress]
 # Files: com-<name>.ungraph.txt[.gz] and com-<name>.top5000.cmty.txt[.gz] in DATA_DIR (default datasets/<name>).
+# Example, a graph of your own with 8 communities: DATA_DIR=mydata NUM_TASKS=8 SUBSETS=50 bash scripts/snap.sh mygraph
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/common.sh
 
-DATASET=${1:?usage: bash scripts/snap.sh <youtube|amazon|dblp|livejournal|orkut|amazon_clare> [flags]}
-shift
-DATA_DIR=${DATA_DIR:-datasets/$DATASET}
-NUM_TASKS=${NUM_TASKS:-20}       # n largest communities
-HOP_WIDTH=${HOP_WIDTH:-16}       # narrow model: see README (paper: 256, a flat truth on 2 CPU cores)
+knob DATA_DIR "datasets/${1:-<name>}" --data-dir "folder of the SNAP files"
+knob NUM_TASKS 20 --num-tasks "n: the n largest communities are the tasks"
+knob THREADS 1 "" "torch threads per step (1: steady on a shared machine; README's figures use it)"
+knob HOP_WIDTH 16 --hop-width "θ*'s SIGN hop width (paper: 256, a flat truth on 2 CPU cores; README)"
 # The shared head and the weight decay scale with the number of tasks (README, "θ* health on DBLP"): the loss is a
 # mean over tasks while the decay is a sum over weights, so more tasks need less decay and a wider shared layer.
 # Measured on DBLP (θ* health check): 20 tasks learn with head 16, decay 1e-2; at 100 tasks decay 2e-3 / 1e-3 / 3e-4 / 1e-4
 # (head 64) learned 47 / 72 / 89 / 96 of 100 tasks.
-if [ "$NUM_TASKS" -le 20 ]; then SCALED_HEAD=16; SCALED_DECAY=1e-2; else SCALED_HEAD=64; SCALED_DECAY=1e-4; fi
-HEAD_WIDTH=${HEAD_WIDTH:-$SCALED_HEAD}
-SUBSETS=${SUBSETS:-200}          # m (200 of size 5 cover every pair of 20 tasks about 10 times)
-SUBSET_SIZE=${SUBSET_SIZE:-5}    # alpha
-K=${K:-5}                        # groups
-WEIGHT_DECAY=${WEIGHT_DECAY:-$SCALED_DECAY}
-BALANCED=${BALANCED:---balanced} # or --no-balanced: plain BCE
-EPOCHS=${EPOCHS:-300}            # early stopping usually ends training well before
-BASELINES=${BASELINES:-1}        # 0 skips the STL / MTL baselines (STL trains one model per task)
+if [ "$NUM_TASKS" -le 20 ] 2>/dev/null; then SCALED_HEAD=16; SCALED_DECAY=1e-2; else SCALED_HEAD=64; SCALED_DECAY=1e-4; fi
+knob HEAD_WIDTH $SCALED_HEAD --head-width "θ*'s shared head width (16 up to 20 tasks, else 64)"
+knob WEIGHT_DECAY $SCALED_DECAY --weight-decay "θ*'s weight decay (1e-2 up to 20 tasks, else 1e-4)"
+knob SUBSETS 200 --num-subsets "m: subsets sampled (200 of size 5 cover every pair of 20 tasks about 10 times)"
+knob SUBSET_SIZE 5 --subset-size "α: tasks per subset"
+knob K 5 --k "groups to find"
+knob BALANCED --balanced "" "--balanced (class-balanced BCE) or --no-balanced"
+knob EPOCHS 300 --epochs "training epochs (early stopping usually ends training well before)"
+knob BASELINES 1 --baselines "1: train the Grad-TAG groups and the STL / MTL baselines; 0: skip (STL trains one model per task)"
 # The models a user finally trains (one per group, and the STL / MTL baselines) are not θ*: the decay that keeps θ*
 # from memorising (good gradients for the estimate) over-regularises them. Measured on DBLP, 20 tasks (README): width
 # 64 without decay puts grouped ahead of STL; width 16 with decay 1e-2 leaves grouped below STL.
-FINAL_WIDTH=${FINAL_WIDTH:-64}   # hop and head width of the final models
-FINAL_DECAY=${FINAL_DECAY:-0}    # their weight decay
-PROJECT_DIM=200
-read -r -a TRUTH <<< "${TRUTH_FLAGS:-}"  # fine-tuned truth settings, e.g. TRUTH_FLAGS="--fixed-steps 50 --lr 1e-2"
-CALIBRATE=${CALIBRATE:-40}      # subsets trained for real to choose the regression's λ on (0: use L2 below)
-L2=0.01                          # regression L2 strength without calibration
+knob FINAL_WIDTH 64 "" "hop and head width of the final models"
+knob FINAL_DECAY 0 "" "weight decay of the final models"
+knob TRUTH_FLAGS "" "" "fine-tuned truth settings, e.g. \"--fixed-steps 50 --lr 1e-2\""
+knob CALIBRATE 40 --calibrate-with "subsets trained for real to choose the regression's λ on (0: use L2)"
+knob L2 0.01 --l2 "regression L2 strength without calibration"
 # Step 3's solver, chosen with λ on the calibration subsets among SOLVERS (README, "Measured levers": exact-step, the
 # strong-λ limit without the projection, tracks the fine-tuned truth best on DBLP; newton-cg, the paper's regression on
 # d-dim projected gradients, on a less regularised θ*); SOLVER alone is used without calibration.
-SOLVERS=${SOLVERS:-exact-step newton-cg}
-SOLVER=${SOLVER:-exact-step}
-SEED=0
+knob SOLVERS "exact-step newton-cg" --calibrate-solvers "solvers the calibration chooses among"
+knob SOLVER exact-step --solver "step 3's solver without calibration"
+knob SEED 0 --seed "meta-initialization seed (M = 1)"
+DATASET=${1:?usage: bash scripts/snap.sh <name> [flags]   (bash scripts/snap.sh --help lists every setting)}
+[ "$DATASET" = --help ] || [ "$DATASET" = -h ] || shift
+parse_script_args "$@"
+check_calibration
+PROJECT_DIM=200
+read -r -a TRUTH <<< "$TRUTH_FLAGS"
 RUN=all_seed${SEED}
 DATA=(--dataset "$DATASET" --data-dir "$DATA_DIR" --num-tasks "$NUM_TASKS")
 # class-balanced loss and weight decay keep θ* from memorising its training nodes (see README, the embedded default)
 MODEL=(--hop-width "$HOP_WIDTH" --head-width "$HEAD_WIDTH" --epochs "$EPOCHS" --patience 50 "$BALANCED" --weight-decay "$WEIGHT_DECAY")
 SUBSETS_FILE=sampled_tasks/${DATASET}_m${SUBSETS}_a${SUBSET_SIZE}_s${SEED}.txt
 NAME=$(basename "$SUBSETS_FILE" .txt)
-EXTRA=("$@")
+if [ "$SUBSET_SIZE" = 2 ]; then AFFINITY=pairwise; else AFFINITY=higher_order; fi  # step 3's T: f({i,j}, i), else Eq. 1
 
-step() { local name=$1; shift; local start=$SECONDS; echo "== $name: $*"; "$@"; TIMES+=("$name=$((SECONDS - start))"); }
-TIMES=()
-
-step train_theta python train_multitask.py "${DATA[@]}" "${MODEL[@]}" --seed $SEED --overwrite "${EXTRA[@]}"
-step gradients python collect_gradients.py --checkpoint saved/$DATASET/$RUN --project-dim $PROJECT_DIM --overwrite "${EXTRA[@]}"
-step sample python sample_subsets.py "${DATA[@]}" --num-subsets "$SUBSETS" --subset-size "$SUBSET_SIZE" --seed $SEED --overwrite
+# what can be checked without training comes first: the graph's communities (data check) and the subsets
+step check_data python check_data.py "${DATA[@]}" --threads "$THREADS"
+step sample python sample_subsets.py "${DATA[@]}" --num-subsets "$SUBSETS" --subset-size "$SUBSET_SIZE" --seed "$SEED" --overwrite
 # λ must match the truth's regime (README, "The truth's regime"): train a few other subsets for real and pick it there
 CALIBRATION=()
 if [ "$CALIBRATE" -gt 0 ]; then
     CAL_FILE=sampled_tasks/${DATASET}_m${CALIBRATE}_a${SUBSET_SIZE}_s$((SEED + 1)).txt
     step sample_calibration python sample_subsets.py "${DATA[@]}" --num-subsets "$CALIBRATE" --subset-size "$SUBSET_SIZE" \
         --seed $((SEED + 1)) --overwrite
-    step truth_calibration python train_multitask.py "${DATA[@]}" "${MODEL[@]}" --subsets-file "$CAL_FILE" \
-        --init-from saved/$DATASET/$RUN "${TRUTH[@]}" --overwrite "${EXTRA[@]}"
     read -r -a CALIBRATE_SOLVERS <<< "$SOLVERS"
     CALIBRATION=(--calibrate-with "results/$(basename "$CAL_FILE" .txt)_finetune.csv" --calibrate-solvers "${CALIBRATE_SOLVERS[@]}")
 fi
-step estimate python fit_linear_estimates.py --gradients gradients/$DATASET/${RUN}_d$PROJECT_DIM \
-    --subsets-file "$SUBSETS_FILE" --l2 $L2 --solver "$SOLVER" "${CALIBRATION[@]}" "${EXTRA[@]}"
+step train_theta python train_multitask.py "${DATA[@]}" "${MODEL[@]}" --seed "$SEED" --overwrite "${COMMON[@]}"
+step gradients python collect_gradients.py --checkpoint "saved/$DATASET/$RUN" --project-dim $PROJECT_DIM --overwrite "${COMMON[@]}"
+if [ "$CALIBRATE" -gt 0 ]; then
+    step truth_calibration python train_multitask.py "${DATA[@]}" "${MODEL[@]}" --subsets-file "$CAL_FILE" \
+        --init-from "saved/$DATASET/$RUN" "${TRUTH[@]}" --overwrite "${COMMON[@]}"
+fi
+step estimate python fit_linear_estimates.py --gradients "gradients/$DATASET/${RUN}_d$PROJECT_DIM" \
+    --subsets-file "$SUBSETS_FILE" --l2 "$L2" --solver "$SOLVER" "${CALIBRATION[@]}" "${COMMON[@]}"
 step truth_finetune python train_multitask.py "${DATA[@]}" "${MODEL[@]}" --subsets-file "$SUBSETS_FILE" \
-    --init-from saved/$DATASET/$RUN "${TRUTH[@]}" --overwrite "${EXTRA[@]}"
-step compare python compare_affinities.py --estimated results/${NAME}_estimate.csv --trained results/${NAME}_finetune.csv --k "$K"
-step cluster python run_clustering.py --affinity results/${NAME}_estimate_higher_order.npy --k "$K" \
-    --out results/${DATASET}_groups.txt --overwrite
+    --init-from "saved/$DATASET/$RUN" "${TRUTH[@]}" --overwrite "${COMMON[@]}"
+step compare python compare_affinities.py --estimated "results/${NAME}_estimate.csv" --trained "results/${NAME}_finetune.csv" --k "$K"
+step cluster python run_clustering.py --affinity "results/${NAME}_estimate_${AFFINITY}.npy" --k "$K" \
+    --out "results/${DATASET}_groups.txt" --overwrite
+SUMMARY=()
 if [ "$BASELINES" = 1 ]; then
     FINAL=(--hop-width "$FINAL_WIDTH" --head-width "$FINAL_WIDTH" --epochs "$EPOCHS" --patience 50 "$BALANCED" \
         --weight-decay "$FINAL_DECAY")
-    step grouped_training python train_multitask.py "${DATA[@]}" "${FINAL[@]}" --subsets-file results/${DATASET}_groups.txt \
-        --baselines --seed $SEED --overwrite "${EXTRA[@]}"
-    SUMMARY=(--training results/${DATASET}_groups_scratch_summary.json)
-else
-    SUMMARY=()
+    step grouped_training python train_multitask.py "${DATA[@]}" "${FINAL[@]}" --subsets-file "results/${DATASET}_groups.txt" \
+        --baselines --seed "$SEED" --overwrite "${COMMON[@]}"
+    SUMMARY=(--training "results/${DATASET}_groups_scratch_summary.json")
 fi
 
-python pipeline_summary.py --groups results/${DATASET}_groups.json "${SUMMARY[@]}" \
-    --comparison results/${NAME}_finetune_report.json --times "${TIMES[@]}" --write results/${DATASET}_summary.md
+python pipeline_summary.py --groups "results/${DATASET}_groups.json" "${SUMMARY[@]}" \
+    --comparison "results/${NAME}_finetune_report.json" --threads "$THREADS" --times "${TIMES[@]}" \
+    --write "results/${DATASET}_summary.md"

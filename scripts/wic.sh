@@ -5,5 +5,4 @@
 #       INSTRUCTIONS=../shared/data/instructions/promptsource_super_glue_wic.yaml bash scripts/wic.sh --threads 2
 # Usage: DATA_DIR=path/to/wic-jsonl INSTRUCTIONS=path/to/paper_task_templates.json bash scripts/wic.sh [--device cuda]
 set -euo pipefail
-: "${INSTRUCTIONS:?set INSTRUCTIONS to the paper templates (paper_task_templates.json) or a promptsource YAML}"
-exec bash "$(dirname "$0")/instructions.sh" wic "$@"
+SCRIPT=scripts/wic.sh exec bash "$(dirname "$0")/instructions.sh" wic "$@"
