@@ -222,3 +222,25 @@ def test_summary_of_a_run_without_planted_groups(tmp_path):
     markdown = pipeline_summary.summary_markdown({"method": "sdp", "k": 2, "groups": [[0], [1]]}, None, comparison)
     row = "| loss | 0.500 | 0.250 | 0.750 | 0.0100 / 0.200 | -0.0200 (-3.5) | 0.600 | 0.100 | 0.500 | 1.000 |"
     assert markdown.splitlines()[-1] == row
+
+
+def test_summary_suggests_the_readme_check_only_where_readme_has_the_block(tmp_path, capsys):
+    """scripts/text_default.sh ended by suggesting a --check-readme that README has no block for (exit 2): the
+    suggestion is printed only for a summary README holds, and the suggested command then runs."""
+    groups = tmp_path / "groups.json"
+    groups.write_text(json.dumps({"method": "sdp", "k": 2, "groups": [[0], [1]]}))
+    readme = (REPO / "README.md").read_text()
+    for name in ("planted_summary.md", "text_planted_summary.md", "mygraph_summary.md"):
+        written = tmp_path / "results" / name
+        pipeline_summary.main(pipeline_summary.get_args_parser().parse_args(["--groups", str(groups), "--write", str(written)]))
+        last = capsys.readouterr().out.strip().splitlines()[-1]
+        in_readme = f"<!-- pipeline_summary: {name} -->" in readme
+        assert ("--check-readme" in last) == in_readme, (name, last)
+        if in_readme:
+            check = pipeline_summary.get_args_parser().parse_args(
+                ["--check-readme", str(REPO / "README.md"), "--summary", str(written)]
+            )
+            with pytest.raises(SystemExit) as differs:  # README holds the real run's figures, not this toy's: exit 1, not 2
+                pipeline_summary.main(check)
+            assert differs.value.code == 1
+    assert "<!-- pipeline_summary: planted_summary.md -->" in readme  # the case with a block is exercised
