@@ -7,11 +7,13 @@ Usage:
     python compare_affinities.py --trained results/planted_m200_a5_s0_scratch.csv --planted ...   # vet check only
 
 For each truth (a ``train_multitask.py --subsets-file`` CSV: fine-tuned θ* or from scratch) and each score (validation
-loss, validation F1) it reports: per-task Spearman over the subsets holding the task, averaged over tasks; per-task
-Spearman over the rows of T (paper App. C.2.2); pooled Spearman over all (S, j), labelled pooled; relative distance
-‖T − T*‖²_F / ‖T*‖²_F on raw and on row-centred T; the truth's own seed-to-seed Spearman (the ceiling of any
-estimate) when it has ≥ 2 seeds; the group effect of the truth (change of task j's score per same-group partner in S,
-per-task fixed effects); the ARI of the SDP-clustered estimated and true T against the planted groups and each
+loss, validation F1) it reports: per-task Spearman over the subsets holding the task, averaged over tasks; partner ρ,
+per-task Spearman over the rows of T (how each task's partners are ranked); the paper's orientation (App. C.2.2),
+Spearman over the columns of T, whose entries are different tasks' scores so that task levels dominate it; pooled
+Spearman over all (S, j), labelled pooled; relative distance ‖T − T*‖²_F / ‖T*‖²_F on raw and on row-centred T; the
+truth's own seed-to-seed Spearman (the ceiling of any estimate) when it has ≥ 2 seeds; the group effect of the truth
+(change of task j's score per same-group partner in S, per-task fixed effects); the ARI of the SDP-clustered estimated
+and true T against the planted groups and each
 other; and the wall time of each side. Writes the report as JSON (``--out``) and prints a markdown table.
 """
 
@@ -66,7 +68,8 @@ def main(args: argparse.Namespace) -> None:
 
 COLUMNS = [
     ("ρ task/subsets", "spearman_per_task_subsets"),
-    ("ρ task/rows", "spearman_per_task_rows"),
+    ("partner ρ (rows)", "spearman_per_task_rows"),
+    ("paper's ρ (columns)", "spearman_per_task_columns"),
     ("ρ pooled", "spearman_pooled"),
     ("dist raw", "relative_distance_raw"),
     ("dist centred", "relative_distance_row_centered"),
@@ -107,7 +110,7 @@ def print_agreement(report: dict) -> None:
     pairs = [(score, pair) for score, entry in report["by_score"].items() for pair in entry["truth_agreement"]]
     if not pairs:
         return
-    print("| score | truth A | truth B | ρ task/subsets | ρ task/rows |")
+    print("| score | truth A | truth B | ρ task/subsets | partner ρ (rows) |")
     print("|---|---|---|---|---|")
     for score, pair in pairs:
         print(

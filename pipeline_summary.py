@@ -59,6 +59,7 @@ def comparison_row(score: str, f: dict) -> str:
         score,
         _fmt(f.get("spearman_per_task_subsets")),
         _fmt(f.get("spearman_per_task_rows")),
+        _fmt(f.get("spearman_per_task_columns")),
         _fmt(f.get("spearman_pooled")),
         f"{_fmt(f.get('relative_distance_raw'), '.4f')} / {_fmt(f.get('relative_distance_row_centered'))}",
         ABSENT if f.get("group_effect_slope") is None else f"{f['group_effect_slope']:+.4f} ({f['group_effect_t']:.1f})",
@@ -86,9 +87,10 @@ def summary_markdown(groups: dict, training: dict | None, comparison: dict | Non
     if comparison:
         lines += [
             "",
-            "| score | per-task ρ (subsets) | per-task ρ (rows of T) | pooled ρ | distance raw / row-centred | truth effect (t) "
-            "| truth split-half ρ rows | truth distance (median) | ARI true T vs planted | ARI est. vs true T |",
-            "|---|---|---|---|---|---|---|---|---|---|",
+            "| score | per-task ρ (subsets) | partner ρ (rows of T) | paper's orientation ρ (columns of T) | pooled ρ "
+            "| distance raw / row-centred | truth effect (t) | truth split-half ρ rows | truth distance (median) "
+            "| ARI true T vs planted | ARI est. vs true T |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for score, entry in comparison["by_score"].items():
             for figures in entry["truths"].values():

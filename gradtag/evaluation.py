@@ -5,7 +5,11 @@ Scores follow :mod:`gradtag.affinity`: one f(S, j) per (subset, task), higher is
 Spearman ≥ 0.8 and raw relative distance ≈ 0.01 even for poor estimates), so the headline numbers are *per task*:
 
 - :func:`per_task_spearman_subsets` — for each task, Spearman over the subsets holding it, averaged over tasks;
-- :func:`per_task_spearman_rows` — Spearman per row of the affinity matrix T (paper App. C.2.2), averaged;
+- :func:`per_task_spearman_rows` — Spearman per row of the affinity matrix T, averaged: *partner ρ*, how well the
+  estimate ranks the partners j of each task i (row i: T_ij over j ≠ i, all task i's own scores);
+- :func:`per_task_spearman_columns` — the paper's orientation (App. C.2.2): Spearman per column [T_1i, …, T_ni],
+  averaged; its entries are *different* tasks' own scores, so task levels rank them and it stays near 1 even for an
+  estimate with no partner information — report it beside partner ρ, never instead;
 - :func:`relative_distance` on row-centred T (:func:`gradtag.affinity.row_center`) beside the raw one;
 - :func:`pooled_spearman` only beside them, labelled pooled;
 - :func:`seed_ceiling` — the truth's own seed-to-seed per-task Spearman, the ceiling for any estimate;
@@ -90,7 +94,9 @@ def per_task_spearman_subsets(est: Mapping | Iterable, true: Mapping | Iterable,
 
 
 def per_task_spearman_rows(T_est: np.ndarray, T_true: np.ndarray, min_entries: int = 3) -> PerTaskSpearman:
-    """Spearman between row i of T_est and of T_true, averaged over rows (paper App. C.2.2).
+    """Partner ρ: Spearman between row i of T_est and of T_true, averaged over rows. Row i holds task i's own scores
+    with each partner j, so it measures the partner effects alone (:func:`per_task_spearman_columns` is the paper's
+    orientation).
 
     T_est, T_true: (n, n) float. The diagonal is left out: T_ii is task i alone (pairwise) or over every subset
     holding i (Eq. 1), a different quantity from its affinity to other tasks, and it would mostly rank task i's own
@@ -103,6 +109,23 @@ def per_task_spearman_rows(T_est: np.ndarray, T_true: np.ndarray, min_entries: i
     for i in range(len(T_est)):
         keep = off_diagonal[i] & np.isfinite(T_est[i]) & np.isfinite(T_true[i])
         rhos[i] = _spearman_or_none(T_est[i, keep], T_true[i, keep], min_entries)
+    return _summarise(rhos)
+
+
+def per_task_spearman_columns(T_est: np.ndarray, T_true: np.ndarray, min_entries: int = 3) -> PerTaskSpearman:
+    """The paper's orientation (App. C.2.2): Spearman between column i of T_est and of T_true, [T_1i, …, T_ni] as the
+    paper writes it (diagonal included), averaged over columns.
+
+    T_est, T_true: (n, n) float. Column i's entries T_ki are the scores of different tasks k (each with partner i), so
+    the tasks' own levels rank them: an estimate that knows the levels and nothing of the partners scores near 1 here
+    while its partner ρ (:func:`per_task_spearman_rows`) is 0. Entries NaN in either matrix are left out; a column
+    with fewer than ``min_entries`` entries or constant values is skipped.
+    """
+    T_est, T_true = _check_pair(T_est, T_true)
+    rhos = {}
+    for i in range(len(T_est)):
+        keep = np.isfinite(T_est[:, i]) & np.isfinite(T_true[:, i])
+        rhos[i] = _spearman_or_none(T_est[keep, i], T_true[keep, i], min_entries)
     return _summarise(rhos)
 
 
@@ -196,8 +219,9 @@ def comparison_report(est: Mapping | Iterable, true: Mapping | Iterable, n: int 
     """All estimate-versus-truth figures for two score tables, as a JSON-ready dict.
 
     T is the higher-order affinity (Eq. 1) of each table restricted to the shared keys. Keys: ``n_scores``,
-    ``spearman_per_task_subsets`` (+ ``_tasks_used``), ``spearman_per_task_rows`` (+ ``_tasks_used``),
-    ``spearman_pooled``, ``relative_distance_raw``, ``relative_distance_row_centered``.
+    ``spearman_per_task_subsets`` (+ ``_tasks_used``), ``spearman_per_task_rows`` (partner ρ, + ``_tasks_used``),
+    ``spearman_per_task_columns`` (the paper's orientation, + ``_tasks_used``), ``spearman_pooled``,
+    ``relative_distance_raw``, ``relative_distance_row_centered``.
     """
     keys, a, b = _aligned(est, true)
     est_table, true_table = dict(zip(keys, a, strict=True)), dict(zip(keys, b, strict=True))
@@ -207,12 +231,15 @@ def comparison_report(est: Mapping | Iterable, true: Mapping | Iterable, n: int 
     T_true, _ = higher_order_affinity(true_table, n)
     subsets = per_task_spearman_subsets(est_table, true_table)
     rows = per_task_spearman_rows(T_est, T_true)
+    columns = per_task_spearman_columns(T_est, T_true)
     return {
         "n_scores": len(keys),
         "spearman_per_task_subsets": subsets.mean,
         "spearman_per_task_subsets_tasks_used": subsets.n_used,
         "spearman_per_task_rows": rows.mean,
         "spearman_per_task_rows_tasks_used": rows.n_used,
+        "spearman_per_task_columns": columns.mean,
+        "spearman_per_task_columns_tasks_used": columns.n_used,
         "spearman_pooled": pooled_spearman(est_table, true_table),
         "relative_distance_raw": relative_distance(T_est, T_true),
         "relative_distance_row_centered": relative_distance(row_center(T_est), row_center(T_true)),

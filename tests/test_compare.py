@@ -105,6 +105,7 @@ def test_estimate_equal_to_truth_gives_spearman_1_and_distance_0(tmp_path, capsy
         assert entry["spearman_per_task_subsets_tasks_used"] == N_TASKS
         assert entry["spearman_per_task_rows"] == pytest.approx(1.0)
         assert entry["spearman_per_task_rows_tasks_used"] == N_TASKS
+        assert entry["spearman_per_task_columns"] == pytest.approx(1.0)
         assert entry["spearman_pooled"] == pytest.approx(1.0)
         assert entry["relative_distance_raw"] == 0.0 and entry["relative_distance_row_centered"] == 0.0
         assert entry["ari_estimate_vs_truth"] == 1.0 and entry["ari_vs_planted"] == 1.0
@@ -112,7 +113,8 @@ def test_estimate_equal_to_truth_gives_spearman_1_and_distance_0(tmp_path, capsy
         assert report["by_score"][score]["estimate_ari_vs_planted"] == 1.0
     assert report["estimate_seconds"] == 0.25 and report["by_score"]["loss"]["truths"][truth]["seconds"] == 12.0
     out_text = capsys.readouterr().out
-    assert "| score | truth | ρ task/subsets |" in out_text and "| loss | truth | 1.000 | 1.000 | 1.000 | 0.000 |" in out_text
+    assert "| score | truth | ρ task/subsets | partner ρ (rows) | paper's ρ (columns) |" in out_text
+    assert "| loss | truth | 1.000 | 1.000 | 1.000 | 1.000 | 0.000 |" in out_text
     assert "| estimate (step 3) | 0.25 | – | 500 MFLOP | – | – | – |" in out_text  # no CPU seconds recorded: –
     assert "| one-off: θ* + gradients (steps 1-2) | 4.00 | – | 2 GFLOP | – | – | – |" in out_text
     assert "| truth truth | 12.00 | – | 3 GFLOP | 48.0x | – | 6.0x |" in out_text and f"wrote {out}" in out_text

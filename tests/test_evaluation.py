@@ -13,6 +13,7 @@ from gradtag.evaluation import (
     distance_summary,
     group_effect,
     partner_effects,
+    per_task_spearman_columns,
     per_task_spearman_rows,
     per_task_spearman_subsets,
     pooled_spearman,
@@ -105,6 +106,30 @@ def test_group_effect_recovers_planted_slope():
     assert abs(flat.slope) < 0.1 and abs(flat.t_stat) < 3
 
 
+def test_partner_rho_and_the_papers_column_orientation_measure_different_things():
+    """A hand-made T = task level + partner effect: an estimate that knows only the levels scores ~1 in the paper's
+    orientation (columns: different tasks' scores) and ~0 in partner ρ (rows); one that knows only the partners, the
+    reverse."""
+    n = 12
+    rng = np.random.default_rng(0)
+    levels, partners = np.linspace(-3.0, 0.0, n), rng.normal(0.0, 0.05, (n, n))
+    T_true = levels[:, None] + partners
+    levels_only = levels[:, None] + rng.normal(0.0, 0.05, (n, n))  # partner entries unrelated to the truth's
+    partners_only = partners + rng.normal(0.0, 1.0, n)[:, None]  # right partners, task levels scrambled
+    assert per_task_spearman_columns(levels_only, T_true).mean > 0.95
+    assert abs(per_task_spearman_rows(levels_only, T_true).mean) < 0.2
+    assert per_task_spearman_rows(partners_only, T_true).mean == pytest.approx(1.0)
+    assert per_task_spearman_columns(partners_only, T_true).mean < 0.7
+    # by hand on a 3 x 3 case: column 0 is (T_00, T_10, T_20), diagonal included
+    T = np.array([[1.0, 5.0, 9.0], [2.0, 6.0, 7.0], [3.0, 4.0, 8.0]])
+    flipped = T.copy()
+    flipped[:, 0] = [3.0, 2.0, 1.0]
+    columns = per_task_spearman_columns(flipped, T)
+    assert columns.per_task[0] == pytest.approx(-1.0) and columns.per_task[1] == pytest.approx(1.0)
+    assert columns.mean == pytest.approx(1.0 / 3.0)
+    assert per_task_spearman_rows(flipped, T).n_used == 0  # 2 off-diagonal entries per row: fewer than 3
+
+
 def test_adjusted_rand():
     assert adjusted_rand([[0, 1], [2, 3]], [[3, 2], [1, 0]], 4) == pytest.approx(1.0)
     assert adjusted_rand([[0, 1], [2, 3]], [[0, 2], [1, 3]], 4) < 0.1
@@ -116,6 +141,7 @@ def test_comparison_report_keys_and_perfect_estimate():
     report = comparison_report(true, true, 12)
     assert report["spearman_per_task_subsets"] == pytest.approx(1.0)
     assert report["spearman_per_task_rows"] == pytest.approx(1.0)
+    assert report["spearman_per_task_columns"] == pytest.approx(1.0) and report["spearman_per_task_columns_tasks_used"] == 12
     assert report["relative_distance_raw"] == 0.0 and report["relative_distance_row_centered"] == 0.0
     with pytest.raises(UsageError):
         comparison_report({((0, 1), 0): 1.0}, {((0, 2), 0): 1.0})

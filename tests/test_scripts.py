@@ -207,6 +207,7 @@ def test_summary_of_a_run_without_planted_groups(tmp_path):
     figures = {
         "spearman_per_task_subsets": 0.5,
         "spearman_per_task_rows": 0.25,
+        "spearman_per_task_columns": 0.95,
         "spearman_pooled": 0.75,
         "relative_distance_raw": 0.01,
         "relative_distance_row_centered": 0.2,
@@ -216,11 +217,13 @@ def test_summary_of_a_run_without_planted_groups(tmp_path):
     }
     comparison = {"by_score": {"loss": {"truths": {"t.csv": figures}}}}
     markdown = pipeline_summary.summary_markdown({"method": "sdp", "k": 2, "groups": [[0], [1]]}, None, comparison)
-    assert markdown.splitlines()[-1] == "| loss | 0.500 | 0.250 | 0.750 | 0.0100 / 0.200 | – | 0.600 | 0.100 | – | 1.000 |"
+    assert (
+        markdown.splitlines()[-1] == "| loss | 0.500 | 0.250 | 0.950 | 0.750 | 0.0100 / 0.200 | – | 0.600 | 0.100 | – | 1.000 |"
+    )
     planted = {**figures, "group_effect_slope": -0.02, "group_effect_t": -3.5, "ari_vs_planted": 0.5}
     comparison["by_score"]["loss"]["truths"]["t.csv"] = planted
     markdown = pipeline_summary.summary_markdown({"method": "sdp", "k": 2, "groups": [[0], [1]]}, None, comparison)
-    row = "| loss | 0.500 | 0.250 | 0.750 | 0.0100 / 0.200 | -0.0200 (-3.5) | 0.600 | 0.100 | 0.500 | 1.000 |"
+    row = "| loss | 0.500 | 0.250 | 0.950 | 0.750 | 0.0100 / 0.200 | -0.0200 (-3.5) | 0.600 | 0.100 | 0.500 | 1.000 |"
     assert markdown.splitlines()[-1] == row
 
 
