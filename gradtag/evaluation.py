@@ -366,6 +366,48 @@ class Calibration(NamedTuple):
 
 
 MIN_CALIBRATION_SUBSETS = 4  # the held-out figure chooses on one half and scores on the other: 2 subsets each at least
+# Calibration subsets per task, on average, below which the choice has too little to go on: the criterion is Spearman
+# over each task's subsets (3 at least, per_task_spearman_subsets), and the held-out figure halves them. K subsets of α
+# of n tasks give K·α/n per task, so K = 6·n/α (24 at n = 20, α = 5; 60 at n = 100, α = 10).
+CALIBRATION_SUBSETS_PER_TASK = 6
+# Held-out ρ below which the calibration found no signal: its choice is as good as a guess (measured at 100 tasks,
+# m = 200: held-out −0.006 / −0.053 with λ at the grid's edge and the estimate off scale).
+CALIBRATION_RHO_FLOOR = 0.2
+
+
+def calibration_subsets_needed(num_tasks: int, subset_size: int) -> int:
+    """Calibration subsets of ``subset_size`` tasks that give each of ``num_tasks`` tasks
+    ``CALIBRATION_SUBSETS_PER_TASK`` subsets on average (and at least ``MIN_CALIBRATION_SUBSETS``)."""
+    return max(MIN_CALIBRATION_SUBSETS, -(-CALIBRATION_SUBSETS_PER_TASK * num_tasks // subset_size))
+
+
+def calibration_problems(result: Calibration, grids: Mapping[Hashable, Sequence[float]], subsets, num_tasks: int) -> list[str]:
+    """Why a calibration's choice may be worth nothing, one phrase each (empty when none).
+
+    result: :func:`calibrate`'s, over (solver, λ) values; grids: {solver: the λ values it tried}; subsets: the
+    calibration subsets (tuples of task indices); num_tasks: n. Flags too few subsets per task (with the count
+    needed, :func:`calibration_subsets_needed`), a held-out ρ below ``CALIBRATION_RHO_FLOOR`` (or undefined), and a
+    chosen λ on the edge of its solver's grid (the best may lie beyond it).
+    """
+    problems = []
+    sizes = [len(subset) for subset in subsets]
+    per_task = len(subsets) * float(np.mean(sizes)) / num_tasks
+    if per_task < CALIBRATION_SUBSETS_PER_TASK:
+        needed = calibration_subsets_needed(num_tasks, round(float(np.mean(sizes))))
+        problems.append(
+            f"{len(subsets)} subsets give each task {per_task:.1f} calibration subsets on average, fewer than "
+            f"{CALIBRATION_SUBSETS_PER_TASK}: train {needed} subsets for the calibration"
+        )
+    if not np.isfinite(result.held_out) or result.held_out < CALIBRATION_RHO_FLOOR:
+        problems.append(
+            f"held-out ρ {result.held_out:.3f} is below {CALIBRATION_RHO_FLOOR}: the calibration found no signal, so its "
+            "choice is a guess (the truth may have no partner structure at this m; see compare_affinities.py's split-half)"
+        )
+    solver, l2 = result.best
+    grid = sorted(grids[solver])
+    if len(grid) > 1 and l2 in (grid[0], grid[-1]):
+        problems.append(f"{solver}'s λ = {l2:g} is on the edge of its grid {grid[0]:g}..{grid[-1]:g}: extend --l2-grid past it")
+    return problems
 
 
 def calibrate(estimates_by_value: Mapping[Hashable, Mapping | Iterable], truth: Mapping | Iterable, seed: int = 0) -> Calibration:

@@ -59,8 +59,14 @@ parse_script_args() {
     COMMON=(--threads "$THREADS" "${EXTRA[@]}")
 }
 
-check_calibration() {  # CALIBRATE is 0 (no calibration) or at least the number of subsets calibration needs
+check_calibration() {  # CALIBRATE is 0 (no calibration), auto (40, or more so that each task has enough), or a count
     local least
+    if [ "$CALIBRATE" = auto ]; then
+        if ! [[ "$NUM_TASKS" =~ ^[1-9][0-9]*$ && "$SUBSET_SIZE" =~ ^[1-9][0-9]*$ ]]; then
+            refuse "NUM_TASKS=$NUM_TASKS, SUBSET_SIZE=$SUBSET_SIZE: give positive whole numbers"
+        fi
+        CALIBRATE=$(python -c "from gradtag.evaluation import calibration_subsets_needed as k; print(max(40, k($NUM_TASKS, $SUBSET_SIZE)))")
+    fi
     least=$(python -c "from gradtag.evaluation import MIN_CALIBRATION_SUBSETS; print(MIN_CALIBRATION_SUBSETS)")
     if ! [[ "$CALIBRATE" =~ ^[0-9]+$ ]] || { [ "$CALIBRATE" -gt 0 ] && [ "$CALIBRATE" -lt "$least" ]; }; then
         refuse "CALIBRATE=$CALIBRATE: give 0 (no calibration, use L2) or at least $least subsets to train for the calibration"

@@ -31,7 +31,7 @@ knob BASELINES 1 --baselines "1: train the Grad-TAG groups and the STL / MTL bas
 knob FINAL_WIDTH 64 "" "hop and head width of the final models"
 knob FINAL_DECAY 0 "" "weight decay of the final models"
 knob TRUTH_FLAGS "" "" "fine-tuned truth settings, e.g. \"--fixed-steps 50 --lr 1e-2\""
-knob CALIBRATE 40 --calibrate-with "subsets trained for real to choose the regression's λ on (0: use L2)"
+knob CALIBRATE auto --calibrate-with "subsets trained for real to choose the regression's λ on (0: use L2; auto: 40, or enough for every task to have its share)"
 knob L2 0.01 --l2 "regression L2 strength without calibration"
 # Step 3's solver, chosen with λ on the calibration subsets among SOLVERS (README, "Measured levers": exact-step, the
 # strong-λ limit without the projection, tracks the fine-tuned truth best on DBLP; newton-cg, the paper's regression on

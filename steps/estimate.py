@@ -31,7 +31,7 @@ from gradtag.artifacts import (
     write_json,
 )
 from gradtag.checkpoints import gradient_file, weights_fingerprint
-from gradtag.evaluation import calibrate
+from gradtag.evaluation import calibrate, calibration_problems
 from gradtag.exact_step import ExactStep
 from gradtag.flops import count_flops, format_flops
 from gradtag.gradients import flat_params, set_flat_params, taylor_logits
@@ -242,6 +242,7 @@ def calibrate_l2(job, folders: list[Path], configs: list[dict], num_tasks: int, 
     estimates = {key: score_records(averaged_rows(bases, subsets), job.score) for key, bases in per_setting.items()}
     result = calibrate(estimates, truth, seed=job.seed)
     solver, l2 = result.best
+    problems = calibration_problems(result, {name: job.l2_grid for name in solvers}, subsets, num_tasks)
     record = {
         "truths": list(job.calibrate_with),
         "score": job.score,
@@ -251,6 +252,7 @@ def calibrate_l2(job, folders: list[Path], configs: list[dict], num_tasks: int, 
         "chosen_solver": solver,
         "chosen_l2": l2,
         "held_out_rho": result.held_out,
+        "problems": problems,
     }
     return solver, l2, record
 
@@ -375,6 +377,8 @@ def run(job: EstimateJob) -> None:
             f"calibrated λ on {calibration['subsets']} trained subsets ({job.score}; per-task ρ by solver and λ: {rhos}): "
             f"{job.solver}, λ = {job.l2:g}, held-out ρ {calibration['held_out_rho']:.3f}"
         )
+        for problem in calibration["problems"]:
+            print(f"warning: calibration: {problem}", file=sys.stderr)
     start, cpu_start = time.perf_counter(), time.process_time()
     per_base, distance_fns, total_flops, counting_seconds, counting_cpu = [], [], 0, 0.0, 0.0
     for folder, config in zip(folders, configs, strict=True):

@@ -7,8 +7,11 @@ from gradtag.affinity import row_center
 from gradtag.artifacts import UsageError
 from gradtag.clustering import cluster, prepare_affinity
 from gradtag.evaluation import (
+    CALIBRATION_SUBSETS_PER_TASK,
     adjusted_rand,
     calibrate,
+    calibration_problems,
+    calibration_subsets_needed,
     comparison_report,
     distance_summary,
     group_effect,
@@ -104,6 +107,33 @@ def test_group_effect_recovers_planted_slope():
     assert effect.slope == pytest.approx(0.5, abs=0.02) and effect.t_stat > 20 and effect.n_tasks == 12
     flat = group_effect(*planted_records(slope=0.5, shuffle=True))
     assert abs(flat.slope) < 0.1 and abs(flat.t_stat) < 3
+
+
+def test_calibration_says_when_it_found_no_signal_or_had_too_little_to_go_on():
+    records, _ = planted_records(slope=0.5)
+    truth = {(r[0], r[1]): r[2] for r in records}
+    subsets = sorted({subset for subset, _ in truth})
+    rng = np.random.default_rng(3)
+    grids = {"newton-cg": [0.01, 0.1, 1.0]}
+    good = {("newton-cg", 0.1): {key: value + rng.normal(0, 0.05) for key, value in truth.items()}}
+    good[("newton-cg", 0.01)] = good[("newton-cg", 1.0)] = {key: rng.normal() for key in truth}
+    assert calibration_problems(calibrate(good, truth), grids, subsets, 12) == []  # 300 subsets of 12 tasks: plenty
+
+    signal_free = {("newton-cg", l2): {key: rng.normal() for key in truth} for l2 in grids["newton-cg"]}
+    problems = calibration_problems(calibrate(signal_free, truth), grids, subsets, 12)
+    assert any(problem.startswith("held-out ρ") and "found no signal" in problem for problem in problems), problems
+
+    edge = {**good, ("newton-cg", 1.0): good[("newton-cg", 0.1)], ("newton-cg", 0.1): good[("newton-cg", 0.01)]}
+    problems = calibration_problems(calibrate(edge, truth), grids, subsets, 12)
+    assert problems == ["newton-cg's λ = 1 is on the edge of its grid 0.01..1: extend --l2-grid past it"]
+
+    few = subsets[:8]  # 8 subsets of 4 of 12 tasks: 2.7 per task
+    few_truth = {key: value for key, value in truth.items() if key[0] in few}
+    problems = calibration_problems(calibrate(good, few_truth), grids, few, 12)
+    needed = calibration_subsets_needed(12, 4)
+    assert needed == CALIBRATION_SUBSETS_PER_TASK * 12 // 4
+    assert "give each task 2.7 calibration subsets on average" in problems[0] and f"train {needed} subsets" in problems[0]
+    assert calibration_subsets_needed(100, 10) == 60 and calibration_subsets_needed(20, 5) == 24
 
 
 def test_partner_rho_and_the_papers_column_orientation_measure_different_things():

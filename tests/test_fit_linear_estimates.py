@@ -357,9 +357,10 @@ def test_calibrate_with_a_truth_picks_the_l2_that_made_it(folders, tmp_path, cap
     truth = tmp_path / "made_estimate.csv"
     grid = ["--l2-grid", "0.0001", "0.1", "100"]
     fit(folders.grads[0], folders.triples, tmp_path, "--name", "cal", "--calibrate-with", str(truth), *grid, *flags)
-    out = capsys.readouterr().out
-    assert "calibrated λ on 11 trained subsets" in out and "λ = 0.1, held-out ρ 1.000" in out
+    printed = capsys.readouterr()
+    assert "calibrated λ on 11 trained subsets" in printed.out and "λ = 0.1, held-out ρ 1.000" in printed.out
     calibration = read_json(tmp_path / "cal_estimate.json")["calibration"]
+    assert calibration["problems"] == [] and "warning: calibration" not in printed.err  # 8.5 subsets per task, λ inside
     assert calibration["chosen_l2"] == 0.1 == read_json(tmp_path / "cal_estimate.json")["l2"]
     assert calibration["rho_by_l2"]["0.1"] == pytest.approx(1.0) and calibration["held_out_rho"] == pytest.approx(1.0)
 
@@ -377,6 +378,9 @@ def test_calibrate_solvers_chooses_the_solver_that_made_the_truth(folders, tmp_p
     assert calibration["rho_by_setting"]["newton-cg 0.1"] == pytest.approx(1.0)
     assert max(value for key, value in calibration["rho_by_setting"].items() if key.startswith("exact")) < 1.0
     assert calibration["chosen_solver"] == meta["solver"] == "newton-cg" and meta["l2"] == 0.1
-    assert "newton-cg, λ = 0.1, held-out ρ 1.000" in capsys.readouterr().out
+    edge = "newton-cg's λ = 0.1 is on the edge of its grid 0.1..100: extend --l2-grid past it"
+    printed = capsys.readouterr()
+    assert calibration["problems"] == [edge] and f"warning: calibration: {edge}" in printed.err
+    assert "newton-cg, λ = 0.1, held-out ρ 1.000" in printed.out
     argv = fit_argv(folders.grads[0], folders.triples, tmp_path / "no", "--calibrate-solvers", "newton-cg")
     assert exit_status(fit_linear_estimates.main, fit_linear_estimates.get_args_parser(), argv) == 2
