@@ -20,6 +20,8 @@ from threadpoolctl import threadpool_limits
 from gradtag.artifacts import fingerprint
 
 SPLITS = ("train", "val", "test")
+# Each task needs at least this many positive and negative nodes: one to train on and one left to evaluate.
+MIN_PER_CLASS = 2
 
 
 @dataclass
