@@ -4,12 +4,18 @@ Files, in the dataset's data directory, plain or gzipped: the edge list ``com-<n
 lines, two node ids per line) and the communities ``com-<name>.top5000.cmty.txt`` (or ``com-<name>.all.cmty.txt``),
 one community per line, node ids separated by tabs or spaces. The n largest communities are the n tasks; the graph is
 the subgraph induced by their union, its nodes renumbered 0..N-1 in ascending original id.
+
+The readers here own every error of these files, each one line naming the file (and line) and the fix: a file and
+its ``.gz`` side by side, gzip data that is damaged, cut short or misnamed, a data line that is not ASCII integers
+(a ``#`` line may hold any byte), and chosen communities the splits cannot use. Community nodes that appear in no
+edge stay in the graph as isolated nodes, with a note.
 """
 
 from __future__ import annotations
 
 import contextlib
 import gzip
+import io
 import warnings
 import zlib
 from collections.abc import Iterator
@@ -18,13 +24,11 @@ from typing import IO
 
 import numpy as np
 
-from data.graph import MIN_PER_CLASS
+from data.graph import MIN_NEGATIVES, MIN_POSITIVES
 from gradtag.artifacts import UsageError
 from gradtag.results import ascii_text
 
 SNAP_URL = "https://snap.stanford.edu/data/bigdata/communities/"
-
-
 GZIP_MAGIC = b"\x1f\x8b"  # the first two bytes of every gzip file
 
 
@@ -86,7 +90,9 @@ def read_edges(path: Path) -> np.ndarray:
     with _open_bytes(path) as fh, warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # numpy's "input contained no data": refused below
         try:
-            edges = np.loadtxt(fh, dtype=np.int64, comments="#", ndmin=2)  # a byte stream is read as Latin-1
+            # Latin-1 decodes every byte, so a comment may hold any; a data line that is not integers fails here
+            text = io.TextIOWrapper(fh, encoding="latin-1")
+            edges = np.loadtxt(text, dtype=np.int64, comments="#", ndmin=2)
         except ValueError as err:
             reason = str(err)
         else:
@@ -94,7 +100,8 @@ def read_edges(path: Path) -> np.ndarray:
     if reason is not None:  # find the line, and a byte that is not text, by reading the file once more
         with _open_bytes(path) as fh:
             for number, line in _data_lines(fh, path, "edge list"):
-                if len(line.split()) != 2 or not all(token.lstrip("-+").isdigit() for token in line.split()):
+                tokens = line.split("#", 1)[0].split()
+                if len(tokens) != 2 or not all(token.lstrip("-+").isdigit() for token in tokens):
                     raise UsageError(f"{path}:{number}: {line.strip()[:40]!r} is not a pair of integer node ids")
         raise UsageError(f"{path}: not an edge list of integer node-id pairs ({reason})")
     if edges.size == 0:
@@ -148,8 +155,8 @@ def load_snap(
     chosen, lines = largest_communities(communities, num_tasks)
     names = [f"cmty{line}" for line in lines]
     nodes = np.unique(np.concatenate(chosen))
+    edges = read_edges(edge_path)  # before the check below, so an unreadable file is named first
     check_splittable(community_path, chosen, names, len(nodes))
-    edges = read_edges(edge_path)
     first_in, second_in = np.isin(edges[:, 0], nodes), np.isin(edges[:, 1], nodes)
     missing = np.setdiff1d(nodes, np.concatenate([edges[first_in, 0], edges[second_in, 1]]))
     if len(missing):
@@ -166,23 +173,23 @@ def load_snap(
 
 
 def check_splittable(path: Path, chosen: list[np.ndarray], names: list[str], num_nodes: int) -> None:
-    """Refuse chosen communities that cannot be split into training and evaluation nodes: fewer than
-    ``MIN_PER_CLASS`` members, or fewer than that many of the ``num_nodes`` nodes they span outside them."""
+    """Refuse chosen communities that the splits cannot use: fewer than ``MIN_NEGATIVES`` of the ``num_nodes`` nodes
+    they span outside them (nothing to train against), or fewer than ``MIN_POSITIVES`` members (none to evaluate)."""
 
     def listed(tasks: list[int]) -> str:
         return ", ".join(names[task] for task in tasks[:10]) + (f" and {len(tasks) - 10} more" if len(tasks) > 10 else "")
 
-    no_negatives = [task for task, community in enumerate(chosen) if num_nodes - len(community) < MIN_PER_CLASS]
+    no_negatives = [task for task, community in enumerate(chosen) if num_nodes - len(community) < MIN_NEGATIVES]
     if no_negatives:
         raise UsageError(
-            f"{path}: task(s) {listed(no_negatives)} have fewer than {MIN_PER_CLASS} negative nodes: their communities "
-            f"hold all (or all but one) of the {num_nodes} nodes the {len(chosen)} chosen communities span; use "
-            "communities that differ (e.g. remove duplicate lines from the file) or another --num-tasks"
+            f"{path}: task(s) {listed(no_negatives)} have no negative node: their communities hold all {num_nodes} "
+            f"nodes the {len(chosen)} chosen communities span; use communities that differ (e.g. remove duplicate "
+            "lines from the file) or another --num-tasks"
         )
-    too_small = [task for task, community in enumerate(chosen) if len(community) < MIN_PER_CLASS]
+    too_small = [task for task, community in enumerate(chosen) if len(community) < MIN_POSITIVES]
     if too_small:
         raise UsageError(
-            f"{path}: task(s) {listed(too_small)} have fewer than {MIN_PER_CLASS} member nodes, too few to split into "
-            "training and evaluation nodes; lower --num-tasks (the largest communities are taken first) or remove "
+            f"{path}: task(s) {listed(too_small)} have fewer than {MIN_POSITIVES} member nodes, too few to keep one "
+            "for evaluation after training; lower --num-tasks (the largest communities are taken first) or remove "
             "those communities from the file"
         )
