@@ -241,11 +241,24 @@ def num_tasks_of(name: str, options: dict, data_dir: str | Path | None = None) -
 
 
 def cached_features(cache_dir: Path, edges: np.ndarray, num_nodes: int, options: dict) -> torch.Tensor:
-    """SIGN hop features of the graph, cached in ``cache_dir`` under a hash of the graph and options."""
+    """SIGN hop features of the graph, (N, num_hops + 1, F) float32, cached in ``cache_dir`` under a hash of the graph
+    and options. A cache is derived data: one that cannot be loaded or is not such a tensor is recomputed (with a
+    one-line note) and rewritten, never an error."""
     settings = {key: options[key] for key in ("embedding_dim", "noise_dims", "num_hops", "split_seed")}
     cache = cache_dir / f"features_{fingerprint(edges, num_nodes, settings)}.pt"
     if cache.is_file():
-        return torch.load(cache)
+        try:
+            features = torch.load(cache)
+            problem = None
+        except Exception as err:  # noqa: BLE001 (whatever a damaged file raises, the answer is to recompute it)
+            problem = str(err).splitlines()[0][:120] if str(err) else type(err).__name__
+        else:
+            shape = (num_nodes, options["num_hops"] + 1)
+            if not isinstance(features, torch.Tensor) or features.dtype != torch.float32 or features.shape[:2] != shape:
+                problem = f"not a float32 tensor of shape {shape} + (features,)"
+        if problem is None:
+            return features
+        print(f"note: feature cache {cache} could not be read ({problem}); recomputing it")
     features = build_features(
         edges, num_nodes, options["embedding_dim"], options["noise_dims"], options["num_hops"], options["split_seed"]
     )

@@ -20,6 +20,8 @@ from threadpoolctl import threadpool_limits
 from gradtag.artifacts import fingerprint
 
 SPLITS = ("train", "val", "test")
+# A task needs a positive node to train on and one left to evaluate (F1 scores the positives), and a negative to train on.
+MIN_POSITIVES, MIN_NEGATIVES = 2, 1
 
 
 @dataclass

@@ -6,24 +6,47 @@ task, seed) with the columns ``RESULT_COLUMNS``. Both are written atomically and
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
 from gradtag.artifacts import UsageError, atomic_path
 
+_NOT_TEXT = re.compile(rb"[^\t\n\v\f\r\x20-\x7e]")  # a byte outside printable ASCII and whitespace
+
+
+def ascii_text(raw: bytes) -> str | None:
+    """``raw`` (one line of a file read as bytes) as ``str`` if it is printable ASCII text, else ``None``.
+
+    The plain-text artifacts hold only numbers, so a byte outside ASCII is a wrong or damaged file; readers decode
+    their data lines with this and skip comments before decoding them (a comment may hold any byte).
+    """
+    return None if _NOT_TEXT.search(raw) else raw.decode("ascii")
+
 
 def read_subsets(path: str | Path, n_tasks: int) -> list[tuple[int, ...]]:
     """Read a ``sampled_tasks`` file: one subset per line, 0-based task indices, ``#`` comments, blank lines skipped.
 
-    Returns a list of tuples of task indices in the order written. Rejects (with the line number) a non-integer, an
-    index outside ``[0, n_tasks)``, a repeated index within a line, and a file with no subset.
+    Returns a list of tuples of task indices in the order written. Rejects (with the line number) bytes that are not
+    ASCII text outside a comment, a non-integer, an index outside ``[0, n_tasks)``, a repeated index within a line,
+    and a file with no subset. Groups files (``--groups``, ``--planted``) are read here too.
     """
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"subsets file {path} does not exist; write one with sample_subsets.py")
+    try:
+        content = path.read_bytes()
+    except OSError as err:
+        raise UsageError(f"cannot read {path} ({err.strerror}); make it readable or pass another file") from None
     subsets = []
-    for number, raw in enumerate(path.read_text().splitlines(), start=1):
-        line = raw.split("#", 1)[0].strip()
+    for number, raw in enumerate(content.splitlines(), start=1):
+        line = ascii_text(raw.split(b"#", 1)[0])
+        if line is None:
+            raise UsageError(
+                f"{path}:{number}: holds bytes that are not text, so it is not a subsets or groups file; pass the "
+                "right file (one line of task indices per subset, as sample_subsets.py writes)"
+            )
+        line = line.strip()
         if not line:
             continue
         try:
