@@ -149,30 +149,47 @@ def _split_cells(split: dict | None) -> str:
     return f"{split['rows']:.3f} ({split['rows_full']:.3f}) | {ari}"
 
 
+COST_KEYS = ("seconds", "cpu_seconds", "flops")
+
+
+def total_cost(parts: list[dict]) -> dict:
+    """The sum of cost records ``{"seconds", "cpu_seconds", "flops"}`` per key; None where a part lacks it."""
+    values = {key: [part.get(key) for part in parts] for key in COST_KEYS}
+    return {key: None if None in found else sum(found) for key, found in values.items()}
+
+
 def print_costs(report: dict) -> None:
-    """Wall and CPU seconds and FLOPs (``gradtag.flops``) of the estimate, its one-off base cost, and each truth, with
-    truth ÷ estimate ratios (CPU seconds: every thread of the process; read them on a shared machine)."""
+    """Wall and CPU seconds and FLOPs (``gradtag.flops``) of everything the estimate needed — step 3's fits, its
+    calibration sweep, the calibration subsets trained for real, the one-off θ* and gradients — their total, and each
+    truth, with truth ÷ step 3 and truth ÷ the whole estimate side (CPU seconds: every thread of the process; read
+    them on a shared machine)."""
     if report.get("estimate_seconds") is None:
         return
-    one_off = report.get("estimate_one_off") or {}
-    sides = [("estimate (step 3)", report["estimate_seconds"], report.get("estimate_cpu_seconds"), report.get("estimate_flops"))]
-    sides.append(
-        ("one-off: θ* + gradients (steps 1-2)", one_off.get("seconds"), one_off.get("cpu_seconds"), one_off.get("flops"))
-    )
-    first = next(iter(report["by_score"].values()))["truths"]
-    sides += [
-        (f"truth {Path(path).stem}", entry.get("seconds"), entry.get("cpu_seconds"), entry.get("flops"))
-        for path, entry in first.items()
-    ]
-    print("| side | wall s | CPU s | FLOPs | truth / estimate (wall) | truth / estimate (CPU) | truth / estimate (FLOPs) |")
-    print("|---|---|---|---|---|---|---|")
-    estimate = sides[0][1:]
-    for index, (name, *values) in enumerate(sides):
-        ratios = [
-            f"{value / base:.1f}x" if index >= 2 and value and base else "–" for value, base in zip(values, estimate, strict=True)
+    step3 = {"seconds": report["estimate_seconds"], "cpu_seconds": report.get("estimate_cpu_seconds")}
+    step3["flops"] = report.get("estimate_flops")
+    calibration = report.get("estimate_calibration") or {}
+    parts = [("estimate (step 3 fits)", step3)]
+    if calibration.get("cost"):
+        parts += [
+            ("calibration sweep (in step 3's call)", calibration["cost"]),
+            ("calibration subsets trained for real", calibration["truth_cost"] or dict.fromkeys(COST_KEYS)),
         ]
-        wall, cpu = ("–" if value is None else f"{value:.2f}" for value in values[:2])
-        print(f"| {name} | {wall} | {cpu} | {format_flops(values[2])} | {' | '.join(ratios)} |")
+    parts.append(("one-off: θ* + gradients (steps 1-2)", report.get("estimate_one_off") or dict.fromkeys(COST_KEYS)))
+    side = total_cost([cost for _, cost in parts])
+    first = next(iter(report["by_score"].values()))["truths"]
+    truths = [(f"truth {Path(path).stem}", {key: entry.get(key) for key in COST_KEYS}) for path, entry in first.items()]
+    print(
+        "| side | wall s | CPU s | FLOPs | truth / step 3 fits (CPU) | truth / step 3 fits (FLOPs) "
+        "| truth / estimate side (CPU) | truth / estimate side (FLOPs) |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for index, (name, cost) in enumerate([*parts, ("**estimate side, total**", side), *truths]):
+        ratios = ["–"] * 4
+        if index > len(parts):  # a truth
+            pairs = [(cost, step3, "cpu_seconds"), (cost, step3, "flops"), (cost, side, "cpu_seconds"), (cost, side, "flops")]
+            ratios = [f"{a[key] / b[key]:.1f}x" if a.get(key) and b.get(key) else "–" for a, b, key in pairs]
+        wall, cpu = ("–" if cost.get(key) is None else f"{cost[key]:.2f}" for key in ("seconds", "cpu_seconds"))
+        print(f"| {name} | {wall} | {cpu} | {format_flops(cost.get('flops'))} | {' | '.join(ratios)} |")
 
 
 if __name__ == "__main__":

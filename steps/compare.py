@@ -196,6 +196,8 @@ def run(job: CompareJob) -> tuple[dict, Path, list[str]]:
         report["estimate_cpu_seconds"] = estimate[1].get("cpu_seconds")
         report["estimate_flops"] = estimate[1].get("flops")
         report["estimate_one_off"] = estimate[1].get("one_off")
+        calibration = estimate[1].get("calibration") or {}
+        report["estimate_calibration"] = {key: calibration.get(key) for key in ("cost", "truth_cost")}
     out = Path(job.out) if job.out else Path(job.trained[0]).with_name(Path(job.trained[0]).stem + "_report.json")
     write_json(out, report)
     return report, out, overlap

@@ -223,12 +223,16 @@ def estimate_distances(config: dict, weights: np.ndarray, chunk: int) -> np.ndar
 
 def calibrate_l2(job, folders: list[Path], configs: list[dict], num_tasks: int, device) -> tuple[str, float, dict]:
     """The (solver, λ) of ``--calibrate-solvers`` × ``--l2-grid`` whose estimates best match the trained subsets of
-    ``--calibrate-with`` (see :func:`gradtag.evaluation.calibrate`); returns them and a JSON-ready record."""
-    truth_rows = []
+    ``--calibrate-with`` (see :func:`gradtag.evaluation.calibrate`); returns them and a JSON-ready record, with what
+    the choice cost the estimate side: the sweep (``cost``: its wall and CPU seconds; FLOPs counted on one λ per solver
+    and base, scaled to the grid) and the calibration subsets trained for real (``truth_cost``, from their sidecars)."""
+    start, cpu_start = time.perf_counter(), time.process_time()
+    truth_rows, truth_metas = [], []
     for path in job.calibrate_with:
         meta = read_json(Path(path).with_suffix(".json"))
         check_compatible(meta, path, dataset=configs[0]["dataset"], dataset_fingerprint=configs[0]["dataset_fingerprint"])
         truth_rows += read_results(path)
+        truth_metas.append(meta)
     truth = score_records(truth_rows, job.score)
     subsets = sorted({subset for subset, _, _ in truth})
     needed = sorted({task for subset in subsets for task in subset})
@@ -243,6 +247,18 @@ def calibrate_l2(job, folders: list[Path], configs: list[dict], num_tasks: int, 
     result = calibrate(estimates, truth, seed=job.seed)
     solver, l2 = result.best
     problems = calibration_problems(result, {name: job.l2_grid for name in solvers}, subsets, num_tasks)
+    cost = {"seconds": time.perf_counter() - start, "cpu_seconds": time.process_time() - cpu_start, "flops": None}
+    if job.count_flops:  # untimed, as step 3's own count: the per-task work in full, one λ's fits scaled to the grid
+        cost["flops"] = 0
+        for folder, config in zip(folders, configs, strict=True):
+            for name in solvers:
+                with count_flops() as preparation:
+                    estimator = base_estimator(job, folder, config, num_tasks, needed, device, ("val",), name)
+                with count_flops() as fitting:
+                    estimator(subsets, job.l2_grid[0])
+                cost["flops"] += preparation.total + fitting.total * len(job.l2_grid)
+    spent = [[meta.get(key) for meta in truth_metas] for key in ("seconds", "cpu_seconds", "flops")]
+    truth_cost = {key: None if None in values else sum(values) for key, values in zip(cost, spent, strict=True)}
     record = {
         "truths": list(job.calibrate_with),
         "score": job.score,
@@ -253,6 +269,8 @@ def calibrate_l2(job, folders: list[Path], configs: list[dict], num_tasks: int, 
         "chosen_l2": l2,
         "held_out_rho": result.held_out,
         "problems": problems,
+        "cost": cost,
+        "truth_cost": truth_cost,
     }
     return solver, l2, record
 

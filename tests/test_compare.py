@@ -87,10 +87,21 @@ def compare(*argv: str) -> dict:
 # ---------------------------------------------------------------------------------------------------------- estimate vs truth
 def test_estimate_equal_to_truth_gives_spearman_1_and_distance_0(tmp_path, capsys):
     scores = truth_scores(0.05, seed=0)
-    truth = write_side(tmp_path / "truth.csv", rows_of(scores), "finetune", seconds=12.0, flops=3 * 10**9)
-    one_off = {"seconds": 4.0, "flops": 2 * 10**9}
+    truth = write_side(tmp_path / "truth.csv", rows_of(scores), "finetune", seconds=12.0, cpu_seconds=10.0, flops=3 * 10**9)
+    one_off = {"seconds": 4.0, "flops": 2 * 10**9}  # no CPU seconds recorded: the total's CPU seconds are unknown
+    calibration = {
+        "cost": {"seconds": 1.0, "cpu_seconds": 0.8, "flops": 10**9},
+        "truth_cost": {"seconds": 3.0, "cpu_seconds": 2.0, "flops": 2 * 10**9},
+    }
     estimate = write_side(
-        tmp_path / "est.csv", rows_of(scores, source="estimate"), "estimate", seconds=0.25, flops=5 * 10**8, one_off=one_off
+        tmp_path / "est.csv",
+        rows_of(scores, source="estimate"),
+        "estimate",
+        seconds=0.25,
+        cpu_seconds=0.2,
+        flops=5 * 10**8,
+        one_off=one_off,
+        calibration=calibration,
     )
     planted = tmp_path / "planted.txt"
     write_subsets(planted, GROUPS)
@@ -115,9 +126,15 @@ def test_estimate_equal_to_truth_gives_spearman_1_and_distance_0(tmp_path, capsy
     out_text = capsys.readouterr().out
     assert "| score | truth | ρ task/subsets | partner ρ (rows) | paper's ρ (columns) |" in out_text
     assert "| loss | truth | 1.000 | 1.000 | 1.000 | 1.000 | 0.000 |" in out_text
-    assert "| estimate (step 3) | 0.25 | – | 500 MFLOP | – | – | – |" in out_text  # no CPU seconds recorded: –
-    assert "| one-off: θ* + gradients (steps 1-2) | 4.00 | – | 2 GFLOP | – | – | – |" in out_text
-    assert "| truth truth | 12.00 | – | 3 GFLOP | 48.0x | – | 6.0x |" in out_text and f"wrote {out}" in out_text
+    costs = [
+        "| estimate (step 3 fits) | 0.25 | 0.20 | 500 MFLOP | – | – | – | – |",
+        "| calibration sweep (in step 3's call) | 1.00 | 0.80 | 1 GFLOP | – | – | – | – |",
+        "| calibration subsets trained for real | 3.00 | 2.00 | 2 GFLOP | – | – | – | – |",
+        "| one-off: θ* + gradients (steps 1-2) | 4.00 | – | 2 GFLOP | – | – | – | – |",
+        "| **estimate side, total** | 8.25 | – | 5.5 GFLOP | – | – | – | – |",
+        "| truth truth | 12.00 | 10.00 | 3 GFLOP | 50.0x | 6.0x | – | 0.5x |",  # the FLOPs of everything: 3 / 5.5
+    ]
+    assert "\n".join(costs) in out_text and f"wrote {out}" in out_text
 
 
 def test_truth_with_two_seeds_reports_its_ceiling_and_is_averaged_over_seeds(tmp_path):

@@ -361,6 +361,9 @@ def test_calibrate_with_a_truth_picks_the_l2_that_made_it(folders, tmp_path, cap
     assert "calibrated λ on 11 trained subsets" in printed.out and "λ = 0.1, held-out ρ 1.000" in printed.out
     calibration = read_json(tmp_path / "cal_estimate.json")["calibration"]
     assert calibration["problems"] == [] and "warning: calibration" not in printed.err  # 8.5 subsets per task, λ inside
+    made = read_json(tmp_path / "made_estimate.json")  # what the calibration subsets cost, from their sidecar
+    assert calibration["truth_cost"] == {"seconds": made["seconds"], "cpu_seconds": made["cpu_seconds"], "flops": None}
+    assert calibration["cost"]["seconds"] > 0 and calibration["cost"]["flops"] is None  # --no-count-flops
     assert calibration["chosen_l2"] == 0.1 == read_json(tmp_path / "cal_estimate.json")["l2"]
     assert calibration["rho_by_l2"]["0.1"] == pytest.approx(1.0) and calibration["held_out_rho"] == pytest.approx(1.0)
 
