@@ -122,7 +122,8 @@ def print_agreement(report: dict) -> None:
 def print_reliability(report: dict) -> None:
     """Each side on its own: its models' move from θ* (first-order regime: ≲ 0.10–0.15), the split-half agreement of
     its T (rows ρ between halves, Spearman–Brown-corrected to all subsets, and ARI) and its share of tasks whose score
-    depends on their partners (F-test, p < 0.05). Read every estimate-versus-truth ρ against the truth's ceiling here."""
+    depends on their partners (p < 0.05: the F-test, or a permutation test for tasks in fewer subsets than partners +
+    2, whose power is lower: marked). Read every estimate-versus-truth ρ against the truth's ceiling here."""
     print("| score | side | distance median [p10, p90] | split-half ρ rows (all m) | split-half ARI | partner effect |")
     print("|---|---|---|---|---|---|")
     for score, entry in report["by_score"].items():
@@ -130,8 +131,10 @@ def print_reliability(report: dict) -> None:
         if score in report.get("estimate_reliability", {}):
             sides.append(("estimate", report["estimate_reliability"][score]))
         for name, side in sides:
-            tested = side["partner_effect_tasks_tested"]
-            effect = f"{side['partner_effect_share']:.2f} of {tested}" if tested else "– (one score per pair: nothing to test)"
+            tested, permuted = side["partner_effect_tasks_tested"], side.get("partner_effect_tasks_permuted", 0)
+            effect = f"{side['partner_effect_share']:.2f} of {tested}" if tested else "– (no task has repeated partners to test)"
+            if permuted:
+                effect += f" ({permuted} by permutation: fewer subsets than partners)"
             print(
                 f"| {score} | {name} | {_distance_cell(side.get('distance'))} | {_split_cells(side.get('split_half'))} | "
                 f"{effect} |"

@@ -288,10 +288,12 @@ def split_half_reliability(scores: Mapping | Iterable, n: int, splits: int = 5, 
 
 
 class PartnerEffects(NamedTuple):
-    """Per task j: the F-test of an additive partner model f(S, j) = a_j + Σ_{k∈S, k≠j} b_jk against a_j alone.
+    """Per task j: whether an additive partner model f(S, j) = a_j + Σ_{k∈S, k≠j} b_jk beats a_j alone.
 
-    p_values: {task: p} for the tasks with more subsets than partners + 1; share_significant: share of those tasks
-    with p < alpha; n_tested / n_untested: tasks with / without enough subsets; alpha: the level used.
+    p_values: {task: p} for the tasks tested; share_significant: share of those with p < alpha; n_tested /
+    n_untested: tasks with / without a test (a task needs at least ``MIN_PARTNER_TEST_SUBSETS`` subsets and two
+    distinct partner sets); n_permutation: tested tasks with fewer subsets than partners + 2, tested by permutation
+    instead of the F-test; alpha: the level used.
     """
 
     p_values: dict[int, float]
@@ -299,20 +301,45 @@ class PartnerEffects(NamedTuple):
     n_tested: int
     n_untested: int
     alpha: float
+    n_permutation: int = 0
 
 
-def partner_effects(scores: Mapping | Iterable, n: int, alpha: float = 0.05) -> PartnerEffects:
+# Below this many subsets a task's partner test has too few scores to permute (6! = 720 orderings at the least).
+MIN_PARTNER_TEST_SUBSETS = 6
+PARTNER_PERMUTATIONS = 199  # p resolves to 1 / 200: enough for alpha = 0.05
+PARTNER_RIDGE = 1.0  # the permutation test's ridge on 0/1 partner indicators (one subset's worth of evidence)
+
+
+def _ridge_loo_error(design: np.ndarray, y: np.ndarray, l2: float) -> np.ndarray:
+    """Leave-one-out squared error of a ridge regression (intercept unpenalised) of each column of ``y``.
+
+    design: (m, p) partner indicators; y: (m, P) responses. Returns (P,) Σ_i (y_i − ŷ_{-i})². Kernel form: the hat
+    matrix of the centred design is K (K + λI)⁻¹ with K = X_c X_cᵀ (m × m), so its cost does not grow with p."""
+    centred = design - design.mean(axis=0)
+    kernel = centred @ centred.T
+    hat = kernel @ np.linalg.inv(kernel + l2 * np.eye(len(y)))
+    hat += 1.0 / len(y)  # the intercept's share of the hat matrix
+    residuals = (np.eye(len(y)) - hat) @ y
+    return ((residuals / (1.0 - np.diag(hat))[:, None]) ** 2).sum(axis=0)
+
+
+def partner_effects(scores: Mapping | Iterable, n: int, alpha: float = 0.05, seed: int = 0) -> PartnerEffects:
     """Whether each task's score depends on which partners share its subset, beyond what chance would give.
 
     For task j, regress f(S, j) over the subsets S ∋ j on indicators of the partners k ≠ j present (one coefficient
-    each, plus an intercept) and F-test all partner coefficients against zero. A truth "has a partner effect" for j
-    when p < alpha: a truth so lazy that every subset gives task j the same score fails it, and then matching it proves
-    nothing. A task seen in no more subsets than it has distinct partners + 1 cannot be tested (counted, not tested).
+    each, plus an intercept). With more subsets than partners + 1, F-test all partner coefficients against zero. With
+    fewer (100 tasks, a few dozen subsets each), the F-test has no degrees of freedom left, so the test is a permutation
+    one: the leave-one-out error of a ridge fit (λ = ``PARTNER_RIDGE``) against the same error with the scores shuffled
+    over j's subsets (``PARTNER_PERMUTATIONS`` shuffles, ``seed``) — exchangeable exactly when partners do not matter.
+    A truth "has a partner effect" for j when p < alpha: a truth so lazy that every subset gives task j the same score
+    fails it, and then matching it proves nothing. A task with one partner set only, or (without the F-test) in fewer
+    than ``MIN_PARTNER_TEST_SUBSETS`` subsets or with every partner in one subset (pairwise files), is untested.
     """
     from scipy.stats import f as f_distribution
 
     table = score_table(scores)
-    p_values, untested = {}, 0
+    rng = np.random.default_rng(seed)
+    p_values, untested, permuted = {}, 0, 0
     for task in sorted({task for _, task in table}):
         entries = [(subset, value) for (subset, t), value in table.items() if t == task]
         partners = sorted({k for subset, _ in entries for k in subset if k != task})
@@ -326,18 +353,26 @@ def partner_effects(scores: Mapping | Iterable, n: int, alpha: float = 0.05) -> 
         y = np.array([value for _, value in entries])
         rank = np.linalg.matrix_rank(design)
         dof = len(y) - rank
-        if rank < 2 or dof < 1:
+        seen_twice = design[:, :-1].sum(axis=0).max() >= 2  # else each partner has one score: nothing to compare
+        if rank < 2 or (dof < 1 and (len(y) < MIN_PARTNER_TEST_SUBSETS or not seen_twice)):
             untested += 1
             continue
-        residual = y - design @ np.linalg.lstsq(design, y, rcond=None)[0]
-        rss_full, rss_null = float(residual @ residual), float(((y - y.mean()) ** 2).sum())
+        rss_null = float(((y - y.mean()) ** 2).sum())
         if rss_null == 0:
             p_values[task] = 1.0
             continue
+        if dof < 1:
+            shuffled = np.stack([y, *(rng.permutation(y) for _ in range(PARTNER_PERMUTATIONS))], axis=1)
+            errors = _ridge_loo_error(design[:, :-1], shuffled, PARTNER_RIDGE)
+            p_values[task] = float((errors[1:] <= errors[0]).sum() + 1) / (PARTNER_PERMUTATIONS + 1)
+            permuted += 1
+            continue
+        residual = y - design @ np.linalg.lstsq(design, y, rcond=None)[0]
+        rss_full = float(residual @ residual)
         statistic = ((rss_null - rss_full) / (rank - 1)) / max(rss_full / dof, np.finfo(float).tiny)
         p_values[task] = float(f_distribution.sf(statistic, rank - 1, dof))
     share = float(np.mean([p < alpha for p in p_values.values()])) if p_values else float("nan")
-    return PartnerEffects(p_values, share, len(p_values), untested, alpha)
+    return PartnerEffects(p_values, share, len(p_values), untested, alpha, permuted)
 
 
 def distance_summary(rows: Sequence[Mapping]) -> dict | None:

@@ -109,6 +109,7 @@ def reliability(rows, records, num_tasks: int, pairwise: bool, k, seed) -> dict:
         report["split_half"] = split_half_reliability(records, num_tasks, seed=seed, cluster_fn=cluster_fn)._asdict()
     effects = partner_effects(records, num_tasks)
     report["partner_effect_share"], report["partner_effect_tasks_tested"] = effects.share_significant, effects.n_tested
+    report["partner_effect_tasks_permuted"] = effects.n_permutation
     return report
 
 

@@ -196,9 +196,44 @@ def test_partner_effects_find_partners_in_a_structured_truth_and_not_in_noise():
     assert max(structured.p_values.values()) < 1e-6
     noise = partner_effects(planted_records(slope=0.5, shuffle=True)[0], 12)
     assert noise.n_tested == 12 and noise.share_significant <= 0.25  # 5% expected by chance
-    # a task seen in fewer subsets than it has partners cannot be tested
+    assert structured.n_permutation == noise.n_permutation == 0  # 100 subsets per task, 11 partners: the F-test
+    # a task seen in too few subsets to test at all
     few = partner_effects([((0, 1), 0, 1.0), ((0, 2), 0, 2.0), ((0, 1), 1, 0.5), ((1, 2), 1, 0.7)], 3)
     assert few.n_tested == 0 and few.n_untested == 2 and np.isnan(few.share_significant)
+
+
+def test_partner_effects_are_tested_with_fewer_subsets_than_partners():
+    """60 tasks in 6 planted groups, 150 subsets of 8: each task sits in ~20 subsets against 59 possible partners, so
+    the F-test has no degrees of freedom; the permutation test still finds the planted partners, and not in noise."""
+    rng = np.random.default_rng(0)
+    group_of = np.repeat(np.arange(6), 10)
+    level = rng.normal(0, 5, 60)
+    subsets = [tuple(sorted(int(t) for t in rng.choice(60, 8, replace=False))) for _ in range(150)]
+
+    def records(slope, shuffle):
+        out = []
+        for subset in subsets:
+            for task in subset:
+                partners = sum(group_of[k] == group_of[task] for k in subset if k != task)
+                out.append((subset, task, level[task] + slope * partners + rng.normal(0, 0.1)))
+        if shuffle:  # each task's scores over its subsets in a random order: partners carry no information
+            by_task = {}
+            for index, (_, task, _) in enumerate(out):
+                by_task.setdefault(task, []).append(index)
+            values = [score for _, _, score in out]
+            for indices in by_task.values():
+                for index, source in zip(indices, rng.permutation(indices), strict=True):
+                    out[index] = (out[index][0], out[index][1], values[source])
+        return out
+
+    planted = records(0.5, shuffle=False)
+    structured = partner_effects(planted, 60)
+    # ~2.4 subsets per partner: the power is modest (0.5 here; the F-test's 1.0 above needs > 60 subsets per task),
+    # while the false-positive rate stays at alpha (0.048 over 8 signal-free tables of this shape)
+    assert structured.n_permutation == structured.n_tested == 60 and structured.share_significant >= 0.4
+    noise = partner_effects(records(0.5, shuffle=True), 60)
+    assert noise.n_permutation == noise.n_tested and noise.share_significant <= 0.15
+    assert partner_effects(planted, 60).p_values == structured.p_values  # seeded: repeatable
 
 
 def test_distance_summary_counts_each_model_once():
