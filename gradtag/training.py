@@ -97,15 +97,16 @@ def binary_f1(predicted: np.ndarray, truth: np.ndarray) -> float:
 def split_metrics(per_task) -> dict:
     """Per task, from ``[(logits (N_j,), labels (N_j,) bool)]``: F1 of the positive class (logit > 0), mean BCE and
     accuracy, their means, and the F1 of the trivial predictor "every sample is positive", 2·positives / (positives +
-    samples), per task and averaged, and the majority class's accuracy per task — the keys :func:`evaluate` returns
-    for one split (both domains use it)."""
-    f1s, losses, accuracies, trivial, majority = [], [], [], [], []
+    samples), per task and averaged, the majority class's accuracy and the number of positives per task — the keys
+    :func:`evaluate` returns for one split (both domains use it)."""
+    f1s, losses, accuracies, trivial, majority, positives = [], [], [], [], [], []
     for z, y in per_task:
         f1s.append(binary_f1(z > 0, y))
         losses.append(float(np.mean(np.logaddexp(0, z) - y * z)))
         accuracies.append(float(np.mean((z > 0) == y)))
         trivial.append(float(2 * y.sum() / max(y.sum() + len(y), 1)))
         majority.append(float(max(np.mean(y), 1 - np.mean(y))) if len(y) else 0.0)
+        positives.append(int(np.sum(y)))
     return {
         "f1": f1s,
         "loss": losses,
@@ -116,6 +117,7 @@ def split_metrics(per_task) -> dict:
         "all_positive_f1": trivial,
         "all_positive_macro_f1": float(np.mean(trivial)),
         "majority_accuracy": majority,
+        "positives": positives,
     }
 
 
@@ -147,8 +149,8 @@ def evaluate(
     scored in one batched pass, without a bar.
 
     Returns ``{split: {"f1": (len(tasks),) list, "loss": list, "accuracy": list, "macro_f1": float, "mean_loss": float,
-    "mean_accuracy": float,
-    "all_positive_f1": list, "all_positive_macro_f1": float}}``, the last two being the per-task F1 of the trivial
+    "mean_accuracy": float, "all_positive_f1": list, "all_positive_macro_f1": float, "majority_accuracy": list,
+    "positives": (len(tasks),) list of int}}``, the last two being the per-task F1 of the trivial
     predictor "every sample is positive" and their mean, for reference (``gradtag.health`` compares each task to its own).
     """
     result = {}

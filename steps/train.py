@@ -35,7 +35,7 @@ from gradtag.artifacts import (
 from gradtag.checkpoints import checkpoint_dir, run_name, state_fingerprint, tag_affinity_file
 from gradtag.flops import SampledFlops, format_flops
 from gradtag.gradients import flat_params, relative_distance
-from gradtag.health import assess_base, format_health
+from gradtag.health import assess_base, format_health, unjudged_note
 from gradtag.results import read_results, read_subsets, subset_key, write_results
 from gradtag.scores import METRICS
 from gradtag.tag import TagAverage
@@ -223,6 +223,8 @@ def train_meta_initializations(job, dataset, domain, device, options: dict) -> N
             f"{metrics['test']['all_positive_macro_f1']:.4f}); wrote {folder}/{{{written}}}"
         )
         print(format_health(health))
+        if unjudged_note(health):
+            print(unjudged_note(health))
         for problem in health.problems:
             print(f"warning: {problem}")
         if tag_average is not None:

@@ -19,15 +19,17 @@ import train_multitask
 from gradtag.artifacts import UsageError, write_json
 from gradtag.health import (
     FLAT_RATIO,
+    MIN_VAL_POSITIVES,
     assess_base,
     base_verdict,
     checkpoint_health,
     format_health,
     task_gradient_norms,
+    unjudged_note,
 )
 from gradtag.training import class_weights
 from models import build_model
-from tests.conftest import TINY_PLANTED_FLAGS, exit_status
+from tests.conftest import TINY_PLANTED_FLAGS, exit_status, write_snap
 
 N = 20  # tasks in the hand-made metrics
 
@@ -75,21 +77,80 @@ def test_learned_share_compares_each_task_with_its_own_all_positive_predictor():
     assert assess_base(old).learned_share == pytest.approx(0.9)
 
 
-def test_memorised_tasks_need_a_perfect_confident_fit_and_a_large_gap():
-    train_f1, train_loss, val_f1 = np.full(N, 0.7), np.full(N, 0.4), np.full(N, 0.45)
-    train_f1[:5], train_loss[:5], val_f1[:5] = 1.0, 1e-4, 0.5  # 5/20 = 25%: unhealthy
-    health = assess_base(metrics(val_f1=val_f1, train_f1=train_f1, train_loss=train_loss))
-    assert health.memorised == (0, 1, 2, 3, 4) and not health.healthy
-    assert any("5/20 tasks memorised" in problem for problem in health.problems)
+def test_memorised_tasks_are_caught_by_the_train_val_gap_whatever_the_loss():
+    train_f1, val_f1 = np.full(N, 0.7), np.full(N, 0.45)
+    train_f1[:5], val_f1[:5] = 1.0, 0.5  # 5/20 = 25%: unhealthy
+    for loss in (1e-4, 0.3):  # a confident fit, and one of a task with one or two training positives (loss still high)
+        train_loss = np.where(np.arange(N) < 5, loss, 0.4)
+        health = assess_base(metrics(val_f1=val_f1, train_f1=train_f1, train_loss=train_loss))
+        assert health.memorised == (0, 1, 2, 3, 4) and not health.healthy, loss
+        assert any("5/20 tasks memorised" in problem for problem in health.problems)
 
     healthy_variants = {
-        "4 of 20": dict(train_f1=np.where(np.arange(N) < 4, 1.0, 0.7), train_loss=np.where(np.arange(N) < 4, 1e-4, 0.4)),
-        "train F1 1 but loss high": dict(train_f1=train_f1, train_loss=np.full(N, 0.3)),  # few positives: F1 is coarse
-        "gap small": dict(train_f1=train_f1, train_loss=train_loss, val_f1=np.where(np.arange(N) < 5, 0.8, 0.45)),
+        "4 of 20": dict(train_f1=np.where(np.arange(N) < 4, 1.0, 0.7)),
+        "gap small": dict(train_f1=train_f1, val_f1=np.where(np.arange(N) < 5, 0.8, 0.45)),
+        "train F1 below the bar": dict(train_f1=np.where(np.arange(N) < 5, 0.9, 0.7), val_f1=np.full(N, 0.45)),
     }
     for name, variant in healthy_variants.items():
         health = assess_base(metrics(**{"val_f1": val_f1, **variant}))
         assert health.healthy, (name, health.problems)
+
+    no_val_positive = metrics(val_f1=val_f1, train_f1=train_f1)
+    no_val_positive["val"]["positives"] = [0] * 5 + [20] * (N - 5)  # val F1 0 by definition: no gap to measure
+    assert assess_base(no_val_positive).memorised == ()
+
+
+def test_tasks_with_too_few_validation_positives_are_left_out_of_the_learned_share():
+    val_f1, trivial = np.full(N, 0.45), np.full(N, 0.15)
+    val_f1[:4] = 0.0  # never "learned": no validation positive, or one that was missed
+    record = metrics(val_f1=val_f1, trivial=trivial)
+    record["val"]["positives"] = [0, 0, 1, MIN_VAL_POSITIVES - 1] + [MIN_VAL_POSITIVES] * (N - 4)
+    health = assess_base(record)
+    assert health.unjudged == (0, 1, 2, 3) and health.learned_share == 1.0 and health.healthy
+    assert not any(health.learned[:4])
+    line = format_health(health)
+    assert line.startswith("θ* health: 16/16 judged tasks learned (100%), 4 too small to judge, 0 memorised")
+    note = unjudged_note(health)
+    assert note.startswith("note: tasks 0, 1, 2, 3 have fewer than 5 validation positives") and "--val-frac" in note
+    assert unjudged_note(assess_base(metrics())) is None  # older metrics without positives: every task judged
+
+    val_f1[4:6] = 0.16  # two judged tasks not learned: 14/16 = 88% < 90%
+    health = assess_base(record | {"val": {**record["val"], "f1": list(val_f1)}})
+    assert not health.healthy and "only 14/16 judged tasks learned" in health.problems[0]
+    assert "4, 5" in health.problems[0] and "0, 1" not in health.problems[0]
+
+    record["val"]["positives"] = [1] * N  # nothing can be judged: said, not called healthy
+    health = assess_base(record)
+    assert not health.healthy and "no task can be judged learned" in health.problems[0] and "--val-frac" in health.problems[0]
+    assert format_health(health).startswith(f"θ* health: no task judged, {N} too small to judge")
+
+
+def test_a_graph_of_tiny_communities_is_called_memorised_and_its_tiny_tasks_unjudged(workdir, capsys):
+    """The issue's case, end to end: 5-8-node communities fitted exactly. θ* without weight decay memorises them, and
+    tasks with fewer than 5 validation positives are said to be too small to judge."""
+    rng = np.random.default_rng(0)
+    communities = [np.sort(rng.choice(300, size=size, replace=False)) for size in rng.integers(5, 9, size=10)]
+    edges = {tuple(sorted(rng.choice(300, 2, replace=False))) for _ in range(900)}
+    for members in communities:
+        edges |= {tuple(sorted(rng.choice(members, 2, replace=False))) for _ in range(2 * len(members))}
+    write_snap(
+        workdir / "tiny",
+        "tiny",
+        "".join(f"{a}\t{b}\n" for a, b in sorted(edges)),
+        "".join("\t".join(map(str, members)) + "\n" for members in communities),
+    )
+    argv = ["--dataset", "tiny", "--data-dir", "tiny", "--num-tasks", "10", "--weight-decay", "0", "--epochs", "300"]
+    train_multitask.main(train_multitask.get_args_parser().parse_args([*argv, "--patience", "300", "--no-progress"]))
+    printed = capsys.readouterr().out
+    metrics_json = json.loads((workdir / "saved" / "tiny" / "all_seed0" / "metrics.json").read_text())
+    health = checkpoint_health(workdir / "saved" / "tiny" / "all_seed0")
+    positives = np.asarray(metrics_json["val"]["positives"])
+    assert health.unjudged == tuple(np.flatnonzero(positives < MIN_VAL_POSITIVES))
+    assert len(health.unjudged) == 10 and "no task can be judged learned" in health.problems[0]
+    perfect = np.asarray(metrics_json["train"]["f1"]) >= 0.95
+    assert perfect.sum() >= 5 and len(health.memorised) >= 3 and not health.healthy
+    assert any("tasks memorised" in problem for problem in health.problems)
+    assert "too small to judge" in printed and "note: tasks" in printed and "DEGENERATE" in printed
 
 
 def test_flat_gradient_norms_are_found_against_the_upper_percentile():
