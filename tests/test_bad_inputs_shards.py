@@ -18,9 +18,12 @@ import fit_linear_estimates
 import merge_results
 import train_multitask
 from gradtag.results import read_results, write_results
+from tests import test_shards
 from tests.conftest import exit_status
 from tests.test_bad_inputs import tree
-from tests.test_shards import CKPT, DATA, ESTIMATE, GRADIENTS, TRUTH, call, expected, npy_files, root  # noqa: F401
+from tests.test_shards import CKPT, DATA, ESTIMATE, GRADIENTS, TRUTH, call, expected, npy_files
+
+root = test_shards.root  # θ*, its gradients, 9 subsets and the unsharded truth and estimate (module-scoped, read-only)
 
 SHARDS = ["--num-shards", "3"]
 
@@ -40,7 +43,7 @@ def refused(module, argv: list, folder: Path, capsys) -> str:
 
 # ------------------------------------------------------------------------------------------- item 3: wrong shard rows
 @pytest.fixture(scope="module")
-def shard_files(root, tmp_path_factory) -> Path:  # noqa: F811
+def shard_files(root, tmp_path_factory) -> Path:
     """The 3 truth and 3 estimate shard files of the unsharded fixture's run, not merged (read-only: tests copy it)."""
     folder = tmp_path_factory.mktemp("shard_files")
     with pytest.MonkeyPatch.context() as patch:
@@ -80,7 +83,7 @@ def row_of_another_shard(path: Path, _number: int) -> None:
         fh.write(other.read_text().splitlines(keepends=True)[1])
 
 
-# shard 1 of the truth holds subsets 1, 4 and 7 ("2 3", "1 2", "1 2 3") at seed 0; of the estimate (batches of 2), 2 and 3
+# shard 1 of the truth holds subsets 1, 4 and 7 ("2 3", "0 3", "1 2 3") at seed 0; of the estimate (batches of 2), 2 and 3
 MERGE_CASES = {
     "row doubled": ("single", duplicate_line, 2, "single.shard1of3.csv:9", "single.shard1of3.csv:2"),
     "row of another shard": ("single", row_of_another_shard, 2, "single.shard1of3.csv:9", "single.shard0of3.csv:2"),
@@ -110,7 +113,7 @@ def test_merge_refuses_a_wrong_shard_row_naming_the_file_line_and_fix(shard_file
     assert "rerun" in error and "shard 1" in error, error  # the fix: which shard to redo
 
 
-def test_valid_shard_files_still_merge_to_the_unsharded_bytes(root, shard_files, tmp_path):  # noqa: F811
+def test_valid_shard_files_still_merge_to_the_unsharded_bytes(root, shard_files, tmp_path):
     folder = tmp_path / "results"
     shutil.copytree(shard_files, folder)
     call(merge_results, [folder / "single.csv"])
@@ -121,7 +124,7 @@ def test_valid_shard_files_still_merge_to_the_unsharded_bytes(root, shard_files,
 
 
 # ------------------------------------------------------------------------------- item 4: a shard that owns no work
-def test_an_estimate_shard_owning_no_batch_finishes_and_the_merge_matches_the_unsharded_run(root, monkeypatch, tmp_path, capsys):  # noqa: F811
+def test_an_estimate_shard_owning_no_batch_finishes_and_the_merge_matches_the_unsharded_run(root, monkeypatch, tmp_path, capsys):
     monkeypatch.chdir(root)
     estimate = [*ESTIMATE, "--batch-size", "5", "--name", "single"]  # 9 subsets: 2 batches for 3 shards
     call(fit_linear_estimates, [*estimate, "--results-dir", tmp_path / "whole"])
@@ -137,7 +140,7 @@ def test_an_estimate_shard_owning_no_batch_finishes_and_the_merge_matches_the_un
             assert (tmp_path / out / name).read_bytes() == (tmp_path / "whole" / name).read_bytes(), (out, name)
 
 
-def test_a_truth_shard_owning_no_subset_finishes_and_the_merge_matches_the_unsharded_run(root, monkeypatch, tmp_path):  # noqa: F811
+def test_a_truth_shard_owning_no_subset_finishes_and_the_merge_matches_the_unsharded_run(root, monkeypatch, tmp_path):
     monkeypatch.chdir(root)
     (tmp_path / "two.txt").write_text("0 1\n2 3\n")
     truth = [*DATA, "--subsets-file", tmp_path / "two.txt", "--init-from", CKPT, "--fixed-steps", "3", "--no-progress"]
@@ -148,7 +151,7 @@ def test_a_truth_shard_owning_no_subset_finishes_and_the_merge_matches_the_unsha
     assert (tmp_path / "hand" / "two_finetune.csv").read_bytes() == (tmp_path / "whole" / "two_finetune.csv").read_bytes()
 
 
-def test_a_theta_star_shard_owning_no_run_says_so_and_writes_nothing(root, monkeypatch, capsys):  # noqa: F811
+def test_a_theta_star_shard_owning_no_run_says_so_and_writes_nothing(root, monkeypatch, capsys):
     monkeypatch.chdir(root)
     before = tree(root)
     argv = [*DATA, "--epochs", "2", "--runs", "1", *SHARDS, "--shard-id", "2", "--no-progress"]
@@ -158,7 +161,7 @@ def test_a_theta_star_shard_owning_no_run_says_so_and_writes_nothing(root, monke
 
 
 @pytest.mark.parametrize("module", [train_multitask, fit_linear_estimates], ids=["truth", "estimate"])
-def test_launcher_slurm_without_slurm_is_one_line_naming_the_fix(root, monkeypatch, tmp_path, capsys, module):  # noqa: F811
+def test_launcher_slurm_without_slurm_is_one_line_naming_the_fix(root, monkeypatch, tmp_path, capsys, module):
     pytest.importorskip("submitit")
     if shutil.which("srun"):
         pytest.skip("SLURM is installed here")
@@ -172,22 +175,22 @@ def test_launcher_slurm_without_slurm_is_one_line_naming_the_fix(root, monkeypat
 
 
 # ----------------------------------------------------------------- item 8: identity by fingerprint, not by spelling
-def spellings(root: Path, relative: str) -> list[str]:
-    """``relative`` (a folder under ``root``, the current folder) spelled three ways: absolute, relative, ``./x/../x``."""
+def spellings(folder: Path, relative: str) -> list[str]:
+    """``relative`` (a folder under ``folder``, the current folder) spelled three ways: absolute, relative, ``./x/../x``."""
     first, rest = relative.split("/", 1)
-    return [str(root / relative), relative, f"./{first}/../{first}/{rest}"]
+    return [str(folder / relative), relative, f"./{first}/../{first}/{rest}"]
 
 
 def keep_rows(path: Path, count: int) -> None:
-    """Cut a truth CSV to its first ``count`` rows, as a run killed after them leaves it."""
+    """Cut a truth CSV to its first ``count`` rows (whole models'), as a run killed after them leaves it."""
     write_results(path, read_results(path)[:count])
 
 
-def test_a_truth_resumes_whichever_way_its_init_from_is_spelled(root, monkeypatch, tmp_path, capsys):  # noqa: F811
+def test_a_truth_resumes_whichever_way_its_init_from_is_spelled(root, monkeypatch, tmp_path, capsys):
     monkeypatch.chdir(root)
     base = [arg for arg in TRUTH if arg != CKPT and arg != "--init-from"]
     csv_path = tmp_path / "single.csv"
-    for rows, spelling in zip((0, 4, 9), spellings(root, CKPT), strict=True):
+    for rows, spelling in zip((0, 4, 10), spellings(root, CKPT), strict=True):
         if rows:
             keep_rows(csv_path, rows)
         call(train_multitask, [*base, "--init-from", spelling, "--results-dir", tmp_path, "--results-name", "single"])
@@ -205,7 +208,7 @@ def test_a_truth_resumes_whichever_way_its_init_from_is_spelled(root, monkeypatc
     assert "single.json" in error and "init" in error, error
 
 
-def test_shards_run_with_differently_spelled_inputs_merge_to_the_unsharded_bytes(root, monkeypatch, tmp_path):  # noqa: F811
+def test_shards_run_with_differently_spelled_inputs_merge_to_the_unsharded_bytes(root, monkeypatch, tmp_path):
     monkeypatch.chdir(root)
     gradients = ESTIMATE[ESTIMATE.index("--gradients") + 1]
     truth = [arg for arg in TRUTH if arg != CKPT and arg != "--init-from"]
