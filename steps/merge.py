@@ -1,11 +1,11 @@
 """Merge the result files of a sharded truth or estimate run into the file one unsharded run writes.
 
-A shard ``k`` of ``n`` writes ``<name>.shard<k>of<n>.csv`` and its sidecar (``steps.partition``); a shard that owns
-no subset writes them without rows. The merge checks that the ``n`` shards are all there, made by the same run (their
-sidecars agree but for the shard, its cost and how input paths were spelled: inputs are identified by their
-fingerprints), that every row is one the run's subsets and seeds call for, once, and that all are there
-(:func:`check_shard_rows`), then writes the rows in the unsharded run's order — by subset id, then
-seed in the run's order, then task in the subset's order — so the merged CSV is byte-identical to an unsharded run's.
+A shard ``k`` of ``n`` writes ``<name>.shard<k>of<n>.csv`` and its sidecar (``steps.partition``). The merge checks
+that the ``n`` shards are all there, made by the same run (their sidecars agree but for the shard, its cost and how
+input paths were spelled: inputs are identified by their fingerprints), that every row is one the run's subsets and
+seeds call for, once, and that all are there (:func:`check_shard_rows`), then writes the rows in the unsharded run's
+order — by subset id, then seed in the run's order, then task in the subset's order — so the merged CSV is
+byte-identical to an unsharded run's.
 The merged sidecar sums the shards' wall and CPU seconds and FLOPs; an estimate's merge also writes its affinity matrix.
 """
 
