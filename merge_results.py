@@ -6,7 +6,8 @@ Usage:
 
 The merged CSV is byte-identical to an unsharded run's (rows in its order; each row computed by the same code on the
 same inputs); its sidecar sums the shards' seconds and FLOPs. Missing, doubled, unfinished or foreign shards are
-refused. The shard files are left in place.
+refused, and so is a row the run's subsets and seeds do not call for or that another row repeats (naming its shard
+file and line). The shard files are left in place.
 """
 
 from __future__ import annotations

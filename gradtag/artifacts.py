@@ -240,6 +240,20 @@ def package_versions() -> dict:
     return {"torch": torch.__version__, "numpy": np.__version__, "scipy": scipy.__version__, "sklearn": sklearn.__version__}
 
 
+# Keys of a sidecar that say where an input was read from, not what it is: beside each, the input's fingerprint or
+# contents identify it, so one folder spelled two ways (absolute, relative, ./x/../x) is one input to a resume or merge.
+LOCATION_KEYS = ("init_from", "subsets_file", "gradients", "checkpoint", "truths")
+
+
+def without_locations(record):
+    """``record`` (a sidecar's JSON value) without its ``LOCATION_KEYS``, at any depth: what resumes and merges compare."""
+    if isinstance(record, dict):
+        return {key: without_locations(value) for key, value in record.items() if key not in LOCATION_KEYS}
+    if isinstance(record, list):
+        return [without_locations(value) for value in record]
+    return record
+
+
 def check_compatible(config: dict, source: str | Path, **expected) -> None:
     """Refuse an artifact whose ``config.json`` disagrees with what the reader expects.
 

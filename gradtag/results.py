@@ -86,6 +86,7 @@ RESULT_COLUMNS = [
     "subset_id", "subset", "task", "seed", "val_f1", "val_loss", "test_f1", "test_loss", "val_accuracy", "test_accuracy",
     "distance", "source",
 ]  # fmt: skip
+ESTIMATE_SEED = -1  # an estimate's rows' seed: one row per (subset, task), averaged over its bases
 _FLOAT_COLUMNS = ("val_f1", "val_loss", "test_f1", "test_loss", "val_accuracy", "test_accuracy", "distance")
 # columns files of earlier versions lack (read as NaN): accuracy, then distance
 _LATER_COLUMNS = (("val_accuracy", "test_accuracy"), ("distance",))

@@ -39,7 +39,7 @@ from gradtag.health import base_verdict
 from gradtag.projection import projector_from_spec
 from gradtag.regression import BATCH_SIZE, SOLVERS, fit_subsets, newton_cg_start, prepare_tasks
 from gradtag.regression import linearized_scores as regression_scores
-from gradtag.results import read_results, read_subsets, subset_key, write_results
+from gradtag.results import ESTIMATE_SEED, read_results, read_subsets, subset_key, write_results
 from gradtag.scores import METRICS, is_pairwise, save_affinity, score_records
 from gradtag.training import class_weights, evaluate, load_checkpoint
 from steps.cli import job_from_flags, resolve_device, use_threads
@@ -289,7 +289,7 @@ def averaged_rows(per_base: list[dict], subsets, distances=None, ids=None) -> li
                     "subset_id": index if ids is None else ids[index],
                     "subset": subset_key(subset),
                     "task": task,
-                    "seed": -1,
+                    "seed": ESTIMATE_SEED,
                     **values,
                     "distance": distance,
                     "source": "estimate",
@@ -369,34 +369,10 @@ def load_base(config: dict, device, data_dir=None):
     return dataset, model
 
 
-def run(job: EstimateJob) -> None:
-    """Estimate what ``job`` asks for (see the module docstring)."""
-    check_job(job)
-    use_threads(job.threads)
-    device = resolve_device(job.device)
-    folders = [Path(folder) for folder in job.gradients]
-    configs = check_folders(folders)
-    for config in configs:  # before anything is written: --strict refuses a degenerate θ*
-        verdict = base_verdict(config["checkpoint"], job.strict)
-        if verdict:
-            print(verdict, file=sys.stderr)
-    num_tasks = len(configs[0]["task_names"])
-    all_subsets = read_subsets(job.subsets_file, num_tasks)
-    # a shard owns whole regression batches, so each subset is fitted in the same batch as in an unsharded run
-    owned = shard_indices(len(all_subsets), job.num_shards, job.shard_id, block=job.batch_size)
-    subsets = [all_subsets[index] for index in owned]
+def estimate_subsets(job, folders: list[Path], configs: list[dict], num_tasks: int, subsets, ids: list[int], device):
+    """Estimate ``subsets`` (global ids ``ids``) on every base: the averaged rows (``averaged_rows``), the wall and CPU
+    seconds (without the FLOP count's second pass) and the FLOPs (counted on the first batch, scaled to all)."""
     needed = sorted({task for subset in subsets for task in subset})
-    calibration = None
-    if job.calibrate_with:
-        solver, l2, calibration = calibrate_l2(job, folders, configs, num_tasks, device)
-        job = dataclasses.replace(job, solver=solver, l2=l2)
-        rhos = ", ".join(f"{setting}: {rho:.3f}" for setting, rho in calibration["rho_by_setting"].items())
-        print(
-            f"calibrated λ on {calibration['subsets']} trained subsets ({job.score}; per-task ρ by solver and λ: {rhos}): "
-            f"{job.solver}, λ = {job.l2:g}, held-out ρ {calibration['held_out_rho']:.3f}"
-        )
-        for problem in calibration["problems"]:
-            print(f"warning: calibration: {problem}", file=sys.stderr)
     start, cpu_start = time.perf_counter(), time.process_time()
     per_base, distance_fns, total_flops, counting_seconds, counting_cpu = [], [], 0, 0.0, 0.0
     for folder, config in zip(folders, configs, strict=True):
@@ -420,8 +396,40 @@ def run(job: EstimateJob) -> None:
     cpu_seconds = time.process_time() - cpu_start - counting_cpu
     # untimed diagnostic: how far each estimate moves θ*, averaged over the bases
     distances = np.mean([distance_fn() for distance_fn in distance_fns], axis=0)
+    return averaged_rows(per_base, subsets, distances, ids=ids), seconds, cpu_seconds, total_flops
 
-    rows = averaged_rows(per_base, subsets, distances, ids=owned)
+
+def run(job: EstimateJob) -> None:
+    """Estimate what ``job`` asks for (see the module docstring)."""
+    check_job(job)
+    use_threads(job.threads)
+    device = resolve_device(job.device)
+    folders = [Path(folder) for folder in job.gradients]
+    configs = check_folders(folders)
+    for config in configs:  # before anything is written: --strict refuses a degenerate θ*
+        verdict = base_verdict(config["checkpoint"], job.strict)
+        if verdict:
+            print(verdict, file=sys.stderr)
+    num_tasks = len(configs[0]["task_names"])
+    all_subsets = read_subsets(job.subsets_file, num_tasks)
+    # a shard owns whole regression batches, so each subset is fitted in the same batch as in an unsharded run
+    owned = shard_indices(len(all_subsets), job.num_shards, job.shard_id, block=job.batch_size)
+    subsets = [all_subsets[index] for index in owned]
+    calibration = None
+    if job.calibrate_with:
+        solver, l2, calibration = calibrate_l2(job, folders, configs, num_tasks, device)
+        job = dataclasses.replace(job, solver=solver, l2=l2)
+        rhos = ", ".join(f"{setting}: {rho:.3f}" for setting, rho in calibration["rho_by_setting"].items())
+        print(
+            f"calibrated λ on {calibration['subsets']} trained subsets ({job.score}; per-task ρ by solver and λ: {rhos}): "
+            f"{job.solver}, λ = {job.l2:g}, held-out ρ {calibration['held_out_rho']:.3f}"
+        )
+        for problem in calibration["problems"]:
+            print(f"warning: calibration: {problem}", file=sys.stderr)
+    if subsets:
+        rows, seconds, cpu_seconds, total_flops = estimate_subsets(job, folders, configs, num_tasks, subsets, owned, device)
+    else:  # a shard owning no whole batch: its empty file tells the merge it is done
+        rows, seconds, cpu_seconds, total_flops = [], 0.0, 0.0, 0
     dataset = configs[0]["dataset"]
     name = job.name or Path(job.subsets_file).stem
     results_dir = Path(job.results_dir)
@@ -434,9 +442,7 @@ def run(job: EstimateJob) -> None:
         "subsets": [list(subset) for subset in all_subsets],
         **({"shard": {"num_shards": job.num_shards, "shard_id": job.shard_id}} if job.num_shards > 1 else {}),
         "gradients": [str(folder) for folder in folders],
-        "bases": [
-            {"checkpoint": config["checkpoint"], "checkpoint_fingerprint": config["checkpoint_fingerprint"]} for config in configs
-        ],
+        "bases": [{key: config[key] for key in ("checkpoint", "checkpoint_fingerprint", "projection")} for config in configs],
         "l2": job.l2,
         "calibration": calibration,
         "solver": job.solver,
@@ -451,6 +457,13 @@ def run(job: EstimateJob) -> None:
     }
     write_results(csv_path, rows)
     write_json(csv_path.with_suffix(".json"), meta)
+    if not subsets:
+        batches = -(-len(all_subsets) // job.batch_size)
+        print(
+            f"shard {job.shard_id} of {job.num_shards} owns none of the {len(all_subsets)} subsets (shards own whole "
+            f"--batch-size {job.batch_size} batches: {batches}); wrote an empty {csv_path} so the merge sees it done"
+        )
+        return
     if job.num_shards > 1:
         print(
             f"estimated shard {job.shard_id} of {job.num_shards}: {len(subsets)} of {len(all_subsets)} subsets x "

@@ -120,7 +120,13 @@ def _run_submitit(step: str, shards, cwd: str, threads: int, args) -> list[str |
     except ImportError:
         raise UsageError("--launcher slurm needs the submitit package: pip install submitit") from None
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
-    executor = submitit.AutoExecutor(folder=args.slurm_logs, cluster=args.submitit_cluster)
+    try:
+        executor = submitit.AutoExecutor(folder=args.slurm_logs, cluster=args.submitit_cluster)
+    except RuntimeError:  # submitit's slurm executor finds no srun: not a SLURM machine
+        raise UsageError(
+            "--launcher slurm found no SLURM here (no srun on PATH); run on a SLURM login node, or pass "
+            "--submitit-cluster local to run the shards as local processes"
+        ) from None
     parameters = {"timeout_min": args.slurm_time, "cpus_per_task": threads}
     if args.submitit_cluster == "slurm":
         parameters.update(slurm_mem=f"{args.slurm_mem}G", slurm_gpus_per_node=args.slurm_gpus or None)

@@ -3,6 +3,8 @@
 Every list-shaped step cuts its list the same way: blocks of ``block`` consecutive items are dealt round-robin to
 the shards (block 1: item k goes to shard k mod N). Items keep their global index (a subset's id is its line in the
 subsets file whichever shard trains it), so the shards' files merge back into the file one unsharded run writes.
+A shard that owns no item (more shards than blocks) still finishes cleanly and says so; where shards write files to be
+merged it writes them without rows, so the merge sees it done.
 """
 
 from __future__ import annotations

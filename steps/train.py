@@ -30,6 +30,7 @@ from gradtag.artifacts import (
     read_json,
     save_npy,
     save_npz,
+    without_locations,
     write_json,
 )
 from gradtag.checkpoints import checkpoint_dir, run_name, state_fingerprint, tag_affinity_file
@@ -108,6 +109,9 @@ class TrainJob:
 def run(job: TrainJob) -> None:
     """Train what ``job`` asks for (see the module docstring)."""
     check_job(job)
+    if not job.subsets_file and not shard_indices(job.runs, job.num_shards, job.shard_id):
+        print(f"shard {job.shard_id} of {job.num_shards} owns no run (--runs {job.runs}); nothing to do")
+        return
     use_threads(job.threads)
     device = resolve_device(job.device)
     dataset = load_dataset(job.dataset, job.data_dir, **job.dataset_options)
@@ -395,11 +399,11 @@ def train_subset_models(
         rows, previous_seconds, previous_flops, previous_cpu = [], 0.0, 0, 0.0
         if csv_path.exists() and not job.overwrite:
             previous = read_json(sidecar)
-            check_compatible(
-                previous,
+            check_compatible(  # inputs by their fingerprints: another spelling of the --init-from folder resumes
+                without_locations(previous),
                 sidecar,
                 **{
-                    key: identity.get(key)
+                    key: without_locations(identity.get(key))
                     for key in (
                         "dataset",
                         "dataset_fingerprint",
@@ -445,6 +449,10 @@ def train_subset_models(
         seconds = time.perf_counter() - start
         total_seconds = previous_seconds + seconds
         record_cost(flops)
+        if not owned:  # a shard owning no subset: its empty file tells the merge it is done
+            write_results(csv_path, rows)
+            print(f"shard {job.shard_id} of {job.num_shards} owns none of the {len(subsets)} subsets; wrote an empty {csv_path}")
+            return rows, total_seconds
         print(
             f"{csv_path.stem}: trained {len(todo)} models ({len(jobs) - len(todo)} already done) in {seconds:.1f}s "
             f"({format_flops(flops)}); wrote {csv_path}"
@@ -563,10 +571,12 @@ def load_task_weights(path: str | Path, subsets, subsets_path: Path, num_tasks: 
 
 def partition_score(rows: list[dict], subsets, num_tasks: int, metric: str = "f1") -> float | None:
     """Average test ``metric`` (f1: macro-F1; accuracy) over all tasks when the subsets partition the tasks (a groups
-    file), else None."""
+    file) and ``rows`` score every task, else None."""
     if sorted(task for subset in subsets for task in subset) != list(range(num_tasks)):
         return None
     per_task = {}
     for row in rows:
         per_task.setdefault(row["task"], []).append(row[f"test_{metric}"])
+    if len(per_task) < num_tasks:  # a shard's rows: some groups are another shard's
+        return None
     return float(np.mean([np.mean(values) for values in per_task.values()]))

@@ -104,6 +104,23 @@ def test_shards_by_hand_merge_to_the_unsharded_bytes(root, monkeypatch, tmp_path
     assert merged["flops"] == sum(sidecar["flops"] for sidecar in sidecars) and "shard" not in merged
 
 
+def test_calibrated_estimate_shards_merge_and_sum_their_sweeps(root, monkeypatch, tmp_path):
+    """Each shard runs the calibration sweep (its cost differs per shard): the merge accepts them as one run, writes
+    the unsharded run's bytes and counts every shard's sweep."""
+    monkeypatch.chdir(root)
+    calibrated = [*ESTIMATE, "--calibrate-with", "results/single.csv", "--l2-grid", "0.1", "1", "--no-count-flops"]
+    call(fit_linear_estimates, [*calibrated, "--results-dir", tmp_path / "one", "--name", "single"])
+    for shard in range(2):
+        flags = ["--num-shards", "2", "--shard-id", shard]
+        call(fit_linear_estimates, [*calibrated, "--results-dir", tmp_path, "--name", "single", *flags])
+    call(merge_results, [tmp_path / "single_estimate.csv"])
+    assert (tmp_path / "single_estimate.csv").read_bytes() == (tmp_path / "one" / "single_estimate.csv").read_bytes()
+    sweeps = [json.loads((tmp_path / f"single_estimate.shard{k}of2.json").read_text())["calibration"]["cost"] for k in range(2)]
+    merged = json.loads((tmp_path / "single_estimate.json").read_text())["calibration"]
+    assert merged["cost"]["seconds"] == pytest.approx(sum(sweep["seconds"] for sweep in sweeps))
+    assert merged["chosen_l2"] == json.loads((tmp_path / "one" / "single_estimate.json").read_text())["calibration"]["chosen_l2"]
+
+
 @pytest.mark.parametrize(
     "launcher",
     [
