@@ -13,7 +13,8 @@ Spearman over the rows of T (paper App. C.2.2); pooled Spearman over all (S, j),
 estimate) when it has ≥ 2 seeds; the group effect of the truth (change of task j's score per same-group partner in S,
 per-task fixed effects); the ARI of the SDP-clustered estimated and true T against the planted groups and each
 other; the split-half ρ over rows and the estimate's ρ over rows for both definitions of T, Eq. 1's mean and the
-additive partner effects (``gradtag.affinity.additive_affinity``); and the wall time of each side. Writes the report as JSON (``--out``) and prints a markdown table.
+additive partner effects (``gradtag.affinity.additive_affinity``); and the wall time of each side. Writes the report
+as JSON (``--out``) and prints a markdown table.
 """
 
 from __future__ import annotations
