@@ -13,8 +13,9 @@ Spearman over the columns of T, whose entries are different tasks' scores so tha
 Spearman over all (S, j), labelled pooled; relative distance ‖T − T*‖²_F / ‖T*‖²_F on raw and on row-centred T; the
 truth's own seed-to-seed Spearman (the ceiling of any estimate) when it has ≥ 2 seeds; the group effect of the truth
 (change of task j's score per same-group partner in S, per-task fixed effects); the ARI of the SDP-clustered estimated
-and true T against the planted groups and each
-other; and the wall time of each side. Writes the report as JSON (``--out``) and prints a markdown table.
+and true T against the planted groups and each other; the split-half ρ over rows and the estimate's ρ over rows for
+both definitions of T, Eq. 1's mean and the additive partner effects (``gradtag.affinity.additive_affinity``); and
+the cost of each side. Writes the report as JSON (``--out``) and prints markdown tables.
 """
 
 from __future__ import annotations
@@ -101,6 +102,7 @@ def print_table(report: dict, lines: list[str]) -> None:
         if "estimate_ari_vs_planted" in entry:
             print(f"ARI of the clustered estimate ({score}) vs planted: {entry['estimate_ari_vs_planted']:.3f}")
     print_reliability(report)
+    print_definitions(report)
     print_agreement(report)
     print_costs(report)
 
@@ -139,6 +141,29 @@ def print_reliability(report: dict) -> None:
                 f"| {score} | {name} | {_distance_cell(side.get('distance'))} | {_split_cells(side.get('split_half'))} | "
                 f"{effect} |"
             )
+
+
+def print_definitions(report: dict) -> None:
+    """Eq. 1's mean T beside the additive T (ridge partner effects, ``fit_linear_estimates.py --affinity additive``):
+    per side, the split-half ρ over rows and, for each truth, the estimate's per-task ρ over rows against it."""
+    lines = []
+    for score, entry in report["by_score"].items():
+        sides = [(Path(path).stem, truth) for path, truth in entry["truths"].items()]
+        if score in report.get("estimate_reliability", {}):
+            sides.append(("estimate", report["estimate_reliability"][score]))
+        for name, side in sides:
+            for definition, split, rho in (
+                ("mean (Eq. 1)", "split_half", "spearman_per_task_rows"),
+                ("additive", "split_half_additive", "spearman_per_task_rows_additive"),
+            ):
+                if split in side:
+                    half, value = side[split], side.get(rho)
+                    cell = "–" if value is None else f"{value:.3f}"
+                    lines.append(f"| {score} | {name} | {definition} | {half['rows']:.3f} ({half['rows_full']:.3f}) | {cell} |")
+    if lines:
+        print("| score | side | T | split-half ρ rows (all m) | ρ task/rows estimate vs this truth |")
+        print("|---|---|---|---|---|")
+        print("\n".join(lines))
 
 
 def _distance_cell(summary: dict | None) -> str:

@@ -12,7 +12,7 @@ with weights Ŵ_S = θ* + P ŵ_S; the paper's way) or ``second-order`` (the netw
 P ŵ_S, Remark 3.1: the linearized logits plus ½ Δᵀ∇²f Δ, by forward-mode Hessian-vector products at θ*). Scores are
 averaged over the M meta-initializations given. Writes ``results/<name>_estimate.csv`` (one row per subset and
 task) and the affinity matrix ``results/<name>_estimate_{pairwise,higher_order}.npy`` (pairwise when every subset is a
-pair, Eq. (1) otherwise) with its counts and JSON.
+pair, Eq. (1) otherwise) with its counts and JSON; with ``--affinity additive`` also ``<name>_estimate_additive.npy``.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from gradtag.checks import NONNEGATIVE, POSITIVE_INT, ArgumentParser
 from gradtag.regression import BATCH_SIZE
 from gradtag.scores import SCORES
 from steps.cli import add_folder_args, add_run_args, add_strict_arg
-from steps.estimate import EVAL_MODES, L2_GRID, STEP3_SOLVERS, EstimateJob, check_job, run
+from steps.estimate import AFFINITIES, EVAL_MODES, L2_GRID, STEP3_SOLVERS, EstimateJob, check_job, run
 from steps.launch import add_launcher_args, launch
 from steps.merge import merge_shards
 from steps.partition import add_shard_args
@@ -47,6 +47,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--eval", default="linearized", choices=EVAL_MODES, help="how each task of a subset is scored")
     parser.add_argument("--score", default="loss", choices=sorted(SCORES), help="affinity entry: -val loss or val F1")
+    parser.add_argument(
+        "--affinity",
+        default="mean",
+        choices=AFFINITIES,
+        help="higher-order T: mean (paper Eq. 1, <name>_estimate_higher_order.npy) or additive: also the ridge partner "
+        "effects T_ik = level_i + b_ik (gradtag.affinity.additive_affinity) in <name>_estimate_additive.npy beside it",
+    )
     parser.add_argument(
         "--batch-size", type=POSITIVE_INT, default=BATCH_SIZE, help="subsets fitted together (a speed and memory knob)"
     )

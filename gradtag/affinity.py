@@ -1,4 +1,4 @@
-"""Task affinity matrices from per-(subset, task) scores: pairwise and higher-order (paper Eq. 1).
+"""Task affinity matrices from per-(subset, task) scores: pairwise, higher-order (paper Eq. 1) and additive.
 
 A *score table* holds one score f(S, j) per subset S and task j ∈ S, estimated (step 3) or from training (truth).
 Convention: **higher is better**. For a loss, pass its negative (``score = -loss``), so that T_ij large means
@@ -90,6 +90,85 @@ def higher_order_affinity(scores: Mapping | Iterable, n: int | None = None) -> t
     with np.errstate(invalid="ignore", divide="ignore"):
         T = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
     return T, counts
+
+
+# λ of the additive affinity's ridge, in units of subsets (the design is 0/1, so λ does not depend on the score's
+# scale). The truth's split-half rows ρ peaks at λ = 0.1–1 on DBLP-20 and the embedded default (loss and F1); 0.3 is
+# within 0.02 of each peak (docs/affinity_definitions.md). λ → ∞ tends to Eq. 1 (see additive_affinity).
+ADDITIVE_L2 = 0.3
+
+
+def additive_affinity(scores: Mapping | Iterable, n: int | None = None, l2: float = ADDITIVE_L2) -> tuple[np.ndarray, np.ndarray]:
+    """Additive affinity: partner effects b_ik by a ridge regression per task (a datamodel), as T_ik = level_i + b_ik.
+
+    For each task i, over the subsets S holding i: f(S, i) = a_i + Σ_{k ∈ S, k ≠ i} b_ik 1[k ∈ S] + noise, fitted with
+    an unpenalised intercept and penalty l2 · Σ_k b_ik² on the partners k seen with i. b_ik is what partner k adds to
+    task i's score with the other partners held fixed, where Eq. 1 (:func:`higher_order_affinity`) averages over them.
+    With subsets of one size the partners' indicators sum to a constant, so only the differences between b_ik are
+    identifiable; the ridge then returns b_ik summing to 0 over the partners seen. As l2 → ∞, b_ik → n_ik (T_ik − T_ii)
+    / l2 with Eq. 1's T and counts: the marginal means, scaled; small l2 conditions each partner on the others.
+
+    Written in Eq. 1's format, so that :func:`row_center` and clustering treat both alike: level_i = the mean of
+    f(S, i) over the subsets holding i (Eq. 1's T_ii), T_ik = level_i + b_ik for k ≠ i seen with i, T_ii = level_i
+    (no partner, no effect), NaN where no subset holds both. With subsets of one size, each row of T then has mean
+    level_i over its finite entries, so ``row_center(T)`` is b with a zero diagonal.
+
+    scores: a score table (see :func:`score_table`); n: number of tasks (default: largest index + 1); l2: ridge
+    strength λ ≥ 0 in units of subsets (0: the minimum-norm least-squares fit). Returns T (n, n) float64 and counts
+    (n, n) int64, n_ik = subsets holding both i and k (n_ii: subsets holding i), as :func:`higher_order_affinity`.
+    A task in fewer subsets than it has partners is underdetermined (:func:`additive_shortfall`): its b_ik are the
+    ridge's shrunken, minimum-norm solution. One (min(m_i, p_i))² solve per task for m_i subsets and p_i partners.
+    """
+    if not l2 >= 0:
+        raise UsageError(f"the additive affinity's ridge strength must be ≥ 0, got {l2}")
+    table = score_table(scores)
+    n = _n_tasks(table, n)
+    keys = list(table)
+    tasks = np.array([task for _, task in keys])
+    values = np.array([table[key] for key in keys])
+    members = np.zeros((len(keys), n))
+    for row, (subset, _) in enumerate(keys):
+        members[row, list(subset)] = 1.0
+    T = np.full((n, n), np.nan)
+    counts = np.zeros((n, n), dtype=np.int64)
+    order = np.argsort(tasks, kind="stable")
+    starts = np.searchsorted(tasks[order], np.arange(n + 1))
+    for i in range(n):
+        rows = order[starts[i] : starts[i + 1]]
+        if len(rows) == 0:
+            continue
+        X, y = members[rows], values[rows]
+        counts[i] = X.sum(0).astype(np.int64)
+        partners = np.flatnonzero(counts[i] > 0)
+        partners = partners[partners != i]
+        level = y.mean()
+        T[i, i] = level
+        if len(partners) == 0:
+            continue
+        Xc = X[:, partners] - X[:, partners].mean(0)
+        yc = y - level
+        if l2 == 0:
+            b = np.linalg.lstsq(Xc, yc, rcond=None)[0]
+        elif len(rows) < len(partners):  # dual form: the (m_i, m_i) system
+            b = Xc.T @ np.linalg.solve(Xc @ Xc.T + l2 * np.eye(len(rows)), yc)
+        else:
+            b = np.linalg.solve(Xc.T @ Xc + l2 * np.eye(len(partners)), Xc.T @ yc)
+        T[i, partners] = level + b
+    return T, counts
+
+
+def additive_shortfall(scores: Mapping | Iterable, n: int | None = None) -> dict[int, tuple[int, int]]:
+    """Tasks the additive affinity cannot determine: {task: (subsets holding it, distinct partners)} for each task in
+    fewer subsets than it has partners seen with it (the partner effects then outnumber the scores)."""
+    _, counts = higher_order_affinity(scores, n)
+    partners = (counts > 0).sum(1) - (np.diag(counts) > 0)
+    subsets = np.diag(counts)
+    return {int(i): (int(subsets[i]), int(partners[i])) for i in np.flatnonzero((subsets > 0) & (subsets < partners))}
+
+
+# the definitions of a higher-order T from subsets of ≥ 3 tasks, by name (the ``--affinity`` flags): each maps a score
+# table and n to (T, counts) (n, n), T in one format
+DEFINITIONS = {"mean": higher_order_affinity, "additive": additive_affinity}
 
 
 def uncovered_pairs(counts: np.ndarray) -> list[tuple[int, int]]:

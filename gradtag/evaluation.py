@@ -246,6 +246,17 @@ def comparison_report(est: Mapping | Iterable, true: Mapping | Iterable, n: int 
     }
 
 
+def rows_spearman(
+    est: Mapping | Iterable, true: Mapping | Iterable, n: int, affinity_fn=higher_order_affinity
+) -> PerTaskSpearman:
+    """:func:`per_task_spearman_rows` between the T of two score tables, each built by ``affinity_fn`` ((table, n) ->
+    (T, counts); default Eq. 1) on the (subset, task) keys both tables hold."""
+    keys, a, b = _aligned(est, true)
+    T_est = affinity_fn(dict(zip(keys, a, strict=True)), n)[0]
+    T_true = affinity_fn(dict(zip(keys, b, strict=True)), n)[0]
+    return per_task_spearman_rows(T_est, T_true)
+
+
 class SplitHalf(NamedTuple):
     """Agreement of T with itself across disjoint halves of the subsets (FIDELITY §6: a noisy T cannot be matched).
 
@@ -260,11 +271,15 @@ class SplitHalf(NamedTuple):
     splits: int
 
 
-def split_half_reliability(scores: Mapping | Iterable, n: int, splits: int = 5, seed: int = 0, cluster_fn=None) -> SplitHalf:
-    """Split the subsets into two random disjoint halves, build the higher-order T (Eq. 1) of each, and compare them.
+def split_half_reliability(
+    scores: Mapping | Iterable, n: int, splits: int = 5, seed: int = 0, cluster_fn=None, affinity_fn=higher_order_affinity
+) -> SplitHalf:
+    """Split the subsets into two random disjoint halves, build the higher-order T of each, and compare them.
 
     scores: a score table over subsets of size ≥ 3 (pairwise tables have one subset per entry: no halves to compare).
     cluster_fn: optional ``T (n, n) -> groups`` (e.g. the SDP at the report's k) for the ARI between halves.
+    affinity_fn: ``(table, n) -> (T, counts)``, the definition of T (default Eq. 1; one of
+    :data:`gradtag.affinity.DEFINITIONS`).
     For a deterministic truth (fine-tuned θ*) this is the only measure of how much T depends on which subsets were
     sampled; it bounds what any estimate can reach against it at the same m.
     """
@@ -275,7 +290,7 @@ def split_half_reliability(scores: Mapping | Iterable, n: int, splits: int = 5, 
     for _ in range(splits):
         first = {subsets[i] for i in rng.permutation(len(subsets))[: len(subsets) // 2]}
         halves = [{key: value for key, value in table.items() if (key[0] in first) == side} for side in (True, False)]
-        matrices = [higher_order_affinity(half, n)[0] for half in halves]
+        matrices = [affinity_fn(half, n)[0] for half in halves]
         rho = per_task_spearman_rows(*matrices).mean
         if np.isfinite(rho):
             rhos.append(rho)

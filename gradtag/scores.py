@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gradtag.affinity import higher_order_affinity, pairwise_affinity, uncovered_pairs
+from gradtag.affinity import ADDITIVE_L2, DEFINITIONS, additive_shortfall, pairwise_affinity, uncovered_pairs
 from gradtag.artifacts import UsageError, save_npy, write_json
 
 # score -> (CSV column, sign making higher better); F1 is the graphs' headline metric, accuracy the text tasks'
@@ -40,16 +40,22 @@ def is_pairwise(subsets) -> bool:
     return all(len(subset) == 2 for subset in subsets)
 
 
-def affinity_matrix(records, num_tasks: int, pairwise: bool) -> tuple[np.ndarray, np.ndarray]:
-    """T (n, n) float64 and the count of subsets behind each entry: pairwise T_ij = f({i,j}, i), else Eq. (1)."""
-    return pairwise_affinity(records, num_tasks) if pairwise else higher_order_affinity(records, num_tasks)
+def affinity_matrix(records, num_tasks: int, pairwise: bool, definition: str = "mean") -> tuple[np.ndarray, np.ndarray]:
+    """T (n, n) float64 and the count of subsets behind each entry: pairwise T_ij = f({i,j}, i), else the higher-order
+    ``definition`` (:data:`gradtag.affinity.DEFINITIONS`: ``mean``, Eq. (1); ``additive``, ridge partner effects)."""
+    return pairwise_affinity(records, num_tasks) if pairwise else DEFINITIONS[definition](records, num_tasks)
 
 
-def save_affinity(prefix: Path, records, num_tasks: int, pairwise: bool, meta: dict) -> Path:
-    """Write ``<prefix>_{pairwise|higher_order}.npy`` (T), ``..._counts.npy`` (n_ij) and a sidecar JSON; warn on
-    pairs no subset covers. Returns the matrix path."""
-    affinity, counts = affinity_matrix(records, num_tasks, pairwise)
-    kind = "pairwise" if pairwise else "higher_order"
+def save_affinity(prefix: Path, records, num_tasks: int, pairwise: bool, meta: dict, definition: str = "mean") -> Path:
+    """Write ``<prefix>_{pairwise|higher_order|additive}.npy`` (T), ``..._counts.npy`` (n_ij) and a sidecar JSON; warn
+    on pairs no subset covers. ``definition`` (higher-order only): ``mean`` writes ``_higher_order`` (Eq. 1),
+    ``additive`` writes ``_additive``, its sidecar adding the ridge's λ and the tasks in fewer subsets than partners
+    (``underdetermined_tasks``: [task, subsets, partners]). Returns the matrix path."""
+    affinity, counts = affinity_matrix(records, num_tasks, pairwise, definition)
+    kind = "pairwise" if pairwise else {"mean": "higher_order", "additive": "additive"}[definition]
+    if kind == "additive":
+        shortfall = additive_shortfall(records, num_tasks)
+        meta = {**meta, "additive_l2": ADDITIVE_L2, "underdetermined_tasks": [[t, *shortfall[t]] for t in sorted(shortfall)]}
     path = Path(f"{prefix}_{kind}.npy")
     filled_diagonal = False
     if pairwise and np.isnan(np.diag(affinity)).all():
@@ -58,7 +64,7 @@ def save_affinity(prefix: Path, records, num_tasks: int, pairwise: bool, meta: d
         np.fill_diagonal(counts, 1)
         filled_diagonal = True
     missing = uncovered_pairs(counts)
-    if missing:
+    if missing and kind != "additive":  # written beside Eq. 1's T, of the same counts, whose call warns
         shown = ", ".join(f"({i},{j})" for i, j in missing[:10])
         print(
             f"warning: {len(missing)} task pairs are in no subset: {shown}; T is NaN there, and run_clustering.py and "

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from data import read_planted_groups
-from gradtag.affinity import fill_uncovered
+from gradtag.affinity import additive_affinity, fill_uncovered
 from gradtag.artifacts import UsageError, check_compatible, read_json, write_json
 from gradtag.clustering import cluster, prepare_affinity
 from gradtag.evaluation import (
@@ -21,6 +21,7 @@ from gradtag.evaluation import (
     distance_summary,
     group_effect,
     partner_effects,
+    rows_spearman,
     seed_ceiling,
     split_half_reliability,
 )
@@ -102,11 +103,15 @@ def cluster_matrix(affinity, k: int, seed: int) -> list[list[int]]:
 
 def reliability(rows, records, num_tasks: int, pairwise: bool, k, seed) -> dict:
     """What a side's T is worth on its own: how far its models moved (``distance``), its split-half agreement (the
-    ceiling at this m; not defined for pairwise files, one subset per entry) and its partner effects."""
+    ceiling at this m, for Eq. 1's and the additive T; not defined for pairwise files, one subset per entry) and its
+    partner effects."""
     report = {"distance": distance_summary(rows)}
     if not pairwise:
         cluster_fn = (lambda T: cluster_matrix(T, k, seed)) if k is not None else None
         report["split_half"] = split_half_reliability(records, num_tasks, seed=seed, cluster_fn=cluster_fn)._asdict()
+        report["split_half_additive"] = split_half_reliability(
+            records, num_tasks, seed=seed, affinity_fn=additive_affinity
+        )._asdict()  # the additive T's ceiling (gradtag.affinity.additive_affinity), rows only
     effects = partner_effects(records, num_tasks)
     report["partner_effect_share"], report["partner_effect_tasks_tested"] = effects.share_significant, effects.n_tested
     report["partner_effect_tasks_permuted"] = effects.n_permutation
@@ -181,6 +186,9 @@ def run(job: CompareJob) -> tuple[dict, Path, list[str]]:
             entry = truth_report(rows, meta, score, num_tasks, planted, k, job.seed)
             if estimate:
                 entry.update(comparison_report(est_records, score_records(rows, score), num_tasks))
+                if not is_pairwise(meta["subsets"]):
+                    additive = rows_spearman(est_records, score_records(rows, score), num_tasks, additive_affinity)
+                    entry["spearman_per_task_rows_additive"] = additive.mean
                 if est_groups is not None:
                     entry["ari_estimate_vs_truth"] = adjusted_rand(est_groups, entry["groups"], num_tasks)
             by_truth[path] = entry

@@ -20,6 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from data import load_dataset
+from gradtag.affinity import additive_shortfall
 from gradtag.artifacts import (
     UsageError,
     check_compatible,
@@ -46,6 +47,7 @@ from steps.cli import job_from_flags, resolve_device, use_threads
 from steps.partition import shard_indices, shard_suffix
 
 EVAL_MODES = ("linearized", "reconstructed", "second-order")
+AFFINITIES = ("mean", "additive")  # Eq. 1's T (always written), and the additive T beside it (gradtag.affinity)
 STEP3_SOLVERS = (*SOLVERS, "exact-step")
 # λ values the calibration tries: below 1e-2 newton-cg takes minutes on real graphs and never won (README, levers)
 L2_GRID = (1e-2, 3e-2, 1e-1, 3e-1, 1.0, 3.0, 10.0, 30.0, 100.0)
@@ -61,6 +63,7 @@ class EstimateJob:
     solver: str = "newton-cg"
     eval: str = "linearized"
     score: str = "loss"
+    affinity: str = "mean"
     batch_size: int = BATCH_SIZE
     count_flops: bool = True
     calibrate_with: tuple[str, ...] | None = None
@@ -88,12 +91,35 @@ class EstimateJob:
 
 def check_job(job: EstimateJob) -> None:
     """Refuse flag combinations that make no sense, before anything is read or written."""
+    if job.affinity not in AFFINITIES:
+        raise UsageError(f"--affinity {job.affinity}: choose one of {', '.join(AFFINITIES)}")
     if "exact-step" in [job.solver, *(job.calibrate_solvers or [])] and (
         job.eval != "linearized" or job.l2 == 0 or min(job.l2_grid) == 0
     ):
         raise UsageError("--solver exact-step scores --eval linearized only and needs --l2 (and --l2-grid values) > 0")
     if job.calibrate_solvers and not job.calibrate_with:
         raise UsageError("--calibrate-solvers chooses among solvers on trained subsets: pass --calibrate-with too")
+
+
+def save_affinities(prefix: Path, records, num_tasks: int, subsets, meta: dict, affinity: str = "mean") -> list[Path]:
+    """Write the estimate's T (pairwise, or Eq. 1's ``_higher_order``) and, with ``affinity`` ``additive``, the additive
+    T beside it (``_additive``, :func:`gradtag.scores.save_affinity`); warn when tasks are in fewer subsets than they
+    have partners (the additive model is then underdetermined), with the number of subsets needed. Returns the paths."""
+    paths = [save_affinity(prefix, records, num_tasks, is_pairwise(subsets), meta)]
+    if affinity == "additive":
+        paths.append(save_affinity(prefix, records, num_tasks, False, meta, "additive"))
+        shortfall = additive_shortfall(records, num_tasks)
+        if shortfall:
+            task, (held, partners) = min(shortfall.items(), key=lambda item: item[1][0] - item[1][1])
+            size = float(np.mean([len(subset) for subset in subsets]))
+            needed = int(np.ceil(max(p for _, p in shortfall.values()) * num_tasks / size))
+            print(
+                f"warning: additive affinity: {len(shortfall)} of {num_tasks} tasks are in fewer subsets than they have "
+                f"partners (task {task}: {held} subsets, {partners} partners); their partner effects are underdetermined "
+                f"and shrunk by the ridge: sample about {needed} subsets of {size:g} (each task in as many subsets as it "
+                f"has partners), not {len(subsets)}"
+            )
+    return paths
 
 
 def load_gradient_folder(folder: Path, splits, tasks) -> dict:
@@ -415,6 +441,11 @@ def run(job: EstimateJob) -> None:
     # a shard owns whole regression batches, so each subset is fitted in the same batch as in an unsharded run
     owned = shard_indices(len(all_subsets), job.num_shards, job.shard_id, block=job.batch_size)
     subsets = [all_subsets[index] for index in owned]
+    if job.affinity == "additive" and is_pairwise(all_subsets):
+        raise UsageError(
+            f"--affinity additive models subsets of ≥ 3 tasks; every subset in {job.subsets_file} is a pair (the pairwise "
+            "T is written): drop --affinity additive"
+        )
     calibration = None
     if job.calibrate_with:
         solver, l2, calibration = calibrate_l2(job, folders, configs, num_tasks, device)
@@ -448,6 +479,7 @@ def run(job: EstimateJob) -> None:
         "solver": job.solver,
         "eval": job.eval,
         "score": job.score,
+        **({"affinity": job.affinity} if job.affinity != "mean" else {}),  # the default's sidecar as before the flag
         "seconds": seconds,
         "cpu_seconds": cpu_seconds,
         "flops": total_flops if job.count_flops else None,
@@ -470,10 +502,10 @@ def run(job: EstimateJob) -> None:
             f"{len(folders)} base model(s) in {seconds:.2f}s; wrote {csv_path} (merge the shards with merge_results.py)"
         )
         return
-    matrix = save_affinity(
-        results_dir / f"{name}_estimate", score_records(rows, job.score), num_tasks, is_pairwise(subsets), meta
-    )
+    records = score_records(rows, job.score)
+    matrices = save_affinities(results_dir / f"{name}_estimate", records, num_tasks, subsets, meta, job.affinity)
     print(
         f"estimated {len(subsets)} subsets x {len(folders)} base model(s) ({job.solver}, {job.eval}, λ={job.l2}) "
-        f"in {seconds:.2f}s ({format_flops(total_flops if job.count_flops else None)}); wrote {csv_path} and {matrix}"
+        f"in {seconds:.2f}s ({format_flops(total_flops if job.count_flops else None)}); wrote {csv_path} and "
+        + " and ".join(map(str, matrices))
     )

@@ -16,7 +16,8 @@ from pathlib import Path
 
 from gradtag.artifacts import UsageError, read_json, without_locations, write_json
 from gradtag.results import ESTIMATE_SEED, read_results, subset_key, write_results
-from gradtag.scores import is_pairwise, save_affinity, score_records
+from gradtag.scores import score_records
+from steps.estimate import save_affinities
 
 # sidecar keys that differ between the shards of one run
 _PER_SHARD = ("shard", "args", "seconds", "cpu_seconds", "flops", "flops_counted_subsets", "versions")
@@ -148,7 +149,12 @@ def merge_shards(target: str | Path, paths: list[Path] | None = None) -> tuple[P
     write_results(target, rows)
     write_json(target.with_suffix(".json"), meta)
     if rows and rows[0]["source"] == "estimate":
-        save_affinity(
-            target.with_suffix(""), score_records(rows, meta["score"]), len(meta["task_names"]), is_pairwise(subsets), meta
+        save_affinities(
+            target.with_suffix(""),
+            score_records(rows, meta["score"]),
+            len(meta["task_names"]),
+            subsets,
+            meta,
+            meta.get("affinity", "mean"),
         )
     return target, num_shards
