@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from data import load_dataset
 from gradtag.artifacts import (
     UsageError,
+    atomic_set,
     check_compatible,
     load_npy,
     locate_input,
@@ -427,17 +428,19 @@ def run(job: EstimateJob) -> None:
         "one_off": one_off_cost(folders, configs),
         "versions": package_versions(),
     }
-    write_results(csv_path, rows)
-    write_json(csv_path.with_suffix(".json"), meta)
+    with atomic_set():  # the CSV, its sidecar and (unsharded) the affinity files appear together or not at all
+        write_results(csv_path, rows)
+        write_json(csv_path.with_suffix(".json"), meta)
+        if job.num_shards == 1:
+            matrix = save_affinity(
+                results_dir / f"{name}_estimate", score_records(rows, job.score), num_tasks, is_pairwise(subsets), meta
+            )
     if job.num_shards > 1:
         print(
             f"estimated shard {job.shard_id} of {job.num_shards}: {len(subsets)} of {len(all_subsets)} subsets x "
             f"{len(folders)} base model(s) in {seconds:.2f}s; wrote {csv_path} (merge the shards with merge_results.py)"
         )
         return
-    matrix = save_affinity(
-        results_dir / f"{name}_estimate", score_records(rows, job.score), num_tasks, is_pairwise(subsets), meta
-    )
     print(
         f"estimated {len(subsets)} subsets x {len(folders)} base model(s) ({job.solver}, {job.eval}, λ={job.l2}) "
         f"in {seconds:.2f}s ({format_flops(total_flops if job.count_flops else None)}); wrote {csv_path} and {matrix}"

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from gradtag.artifacts import UsageError, read_json, write_json
+from gradtag.artifacts import UsageError, atomic_set, read_json, write_json
 from gradtag.results import read_results, write_results
 from gradtag.scores import is_pairwise, save_affinity, score_records
 
@@ -78,10 +78,11 @@ def merge_shards(target: str | Path, paths: list[Path] | None = None) -> tuple[P
         "flops": None if any(value is None for value in flops) else sum(flops),
         "versions": metas[0].get("versions"),
     }
-    write_results(target, rows)
-    write_json(target.with_suffix(".json"), meta)
-    if rows and rows[0]["source"] == "estimate":
-        save_affinity(
-            target.with_suffix(""), score_records(rows, meta["score"]), len(meta["task_names"]), is_pairwise(subsets), meta
-        )
+    with atomic_set():  # the merged CSV, its sidecar and an estimate's affinity files appear together or not at all
+        write_results(target, rows)
+        write_json(target.with_suffix(".json"), meta)
+        if rows and rows[0]["source"] == "estimate":
+            save_affinity(
+                target.with_suffix(""), score_records(rows, meta["score"]), len(meta["task_names"]), is_pairwise(subsets), meta
+            )
     return target, num_shards
