@@ -63,8 +63,10 @@ OPEN_FRACTION = number(float, 0, 1, open_low=True, open_high=True)
 def OUTPUT_FILE(text: str) -> str:  # noqa: N802 (named like the other flag types)
     """An argparse ``type`` for a flag naming a file to write (``--out``, ``--write``, ...): refuses a folder —
     ``/``, ``.``, ``..``, a path ending in ``/`` or an existing folder — which no file can be renamed onto."""
-    if not text or text.endswith(("/", os.sep)) or Path(text).name in ("", "..") or Path(text).is_dir():
-        example = os.path.join(text or ".", "NAME")
+    if not text:
+        raise argparse.ArgumentTypeError("is empty; name a file to write")
+    if text.endswith(("/", os.sep)) or Path(text).name in ("", "..") or Path(text).is_dir():
+        example = os.path.join(text, "NAME")
         raise argparse.ArgumentTypeError(f"{text!r} is a folder, not a file; name a file in it, such as {example}")
     return text
 
