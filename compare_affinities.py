@@ -24,7 +24,7 @@ import argparse
 from pathlib import Path
 
 from gradtag.artifacts import run_main
-from gradtag.checks import POSITIVE_INT, ArgumentParser
+from gradtag.checks import OUTPUT_FILE, POSITIVE_INT, ArgumentParser
 from gradtag.flops import format_flops
 from gradtag.scores import SCORES
 from steps.compare import CompareJob, run
@@ -44,7 +44,9 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="scores to compare (default: loss and the domain's metric: f1 for graphs, accuracy for text)",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the clustering")
-    parser.add_argument("--out", default=None, help="report JSON (default: beside the first truth, *_report.json)")
+    parser.add_argument(
+        "--out", default=None, type=OUTPUT_FILE, help="report JSON (default: beside the first truth, *_report.json)"
+    )
     parser.add_argument(
         "--allow-partial",
         action="store_true",

@@ -39,7 +39,7 @@ from data import (
     num_tasks_of,
     planted_groups_path,
 )
-from gradtag.artifacts import UsageError, atomic_path, run_main, write_json
+from gradtag.artifacts import UsageError, atomic_path, atomic_set, run_main, write_json
 from gradtag.checks import NONNEGATIVE_INT, POSITIVE, POSITIVE_INT, ArgumentParser
 from gradtag.results import read_results, read_subsets, write_subsets
 from gradtag.scores import DOMAIN_METRICS, is_pairwise, save_affinity, score_records
@@ -303,12 +303,13 @@ def main(args: argparse.Namespace) -> None:
 
     lines = format_table(rows, metric)
     work.mkdir(parents=True, exist_ok=True)
-    write_json(
-        work / "table3.json",
-        {"dataset": args.dataset, "num_tasks": num_tasks, "k": k, "metric": metric, "rows": [r.to_json() for r in rows]},
-    )
-    with atomic_path(table_path) as tmp:
-        tmp.write_text("\n".join(lines) + "\n")
+    with atomic_set():  # the table's JSON and markdown appear together or not at all
+        write_json(
+            work / "table3.json",
+            {"dataset": args.dataset, "num_tasks": num_tasks, "k": k, "metric": metric, "rows": [r.to_json() for r in rows]},
+        )
+        with atomic_path(table_path) as tmp:
+            tmp.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     best = max(rows, key=lambda entry: np.mean(entry.scores))
     print(

@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 from gradtag.artifacts import UsageError, atomic_path, read_json, run_main
-from gradtag.checks import ArgumentParser
+from gradtag.checks import OUTPUT_FILE, ArgumentParser
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -37,7 +37,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="step=wall[,cpu] seconds measured by the calling script, CPU seconds summed over the step's threads (printed only)",
     )
     make.add_argument("--threads", type=int, default=None, help="torch threads each step ran with (printed beside the seconds)")
-    make.add_argument("--write", default=None, help="also write the summary (markdown) to this file")
+    make.add_argument("--write", default=None, type=OUTPUT_FILE, help="also write the summary (markdown) to this file")
     readme = parser.add_argument_group("README's copy")
     readme.add_argument("--summary", default=None, help="a summary file written with --write")
     readme.add_argument("--check-readme", default=None, metavar="README", help="exit 1 if README's block differs from --summary")

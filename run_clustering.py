@@ -16,10 +16,11 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from gradtag.artifacts import run_main
-from gradtag.checks import POSITIVE, POSITIVE_INT, ArgumentParser
+from gradtag.checks import OUTPUT_FILE, POSITIVE, POSITIVE_INT, ArgumentParser
 from gradtag.clustering import METHODS
 from gradtag.datamaps import FEATURES, FUZZINESS
 from steps.cluster import DATA_MAP_METHODS, ClusterJob, run
@@ -91,8 +92,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
 
     out = parser.add_argument_group("output")
-    out.add_argument("--out", required=True, help="groups file to write; the JSON summary goes beside it as <stem>.json")
-    out.add_argument("--heatmap", default=None, help="heatmap PNG path (default: beside --out, <stem>.png)")
+    out.add_argument(
+        "--out", required=True, type=OUTPUT_FILE, help="groups file to write; the JSON summary goes beside it as <stem>.json"
+    )
+    out.add_argument("--heatmap", default=None, type=OUTPUT_FILE, help="heatmap PNG path (default: beside --out, <stem>.png)")
     out.add_argument("--overwrite", action="store_true", help="replace existing output files instead of refusing")
     return parser
 
@@ -111,8 +114,11 @@ def main(args: argparse.Namespace) -> dict:
     )
     if "memberships_file" in summary:
         print(f"memberships (k, n) -> {summary['memberships_file']}")
-    if not summary["exact_k"]:
-        print(f"warning: {summary['message']}")
+    source = args.affinity or args.data_map
+    if not summary.get("structured", True):
+        print(f"warning: {source} {summary['message']}", file=sys.stderr)
+    elif not summary["exact_k"]:
+        print(f"warning: {source}: {summary['message']}", file=sys.stderr)
     print(format_groups(summary["groups"]))
     if len(comparison) > 1 or "ari" in summary:
         for method, row in comparison.items():

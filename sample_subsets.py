@@ -18,7 +18,7 @@ from pathlib import Path
 
 from data import add_data_args, dataset_options, num_tasks_of
 from gradtag.artifacts import UsageError, run_main
-from gradtag.checks import POSITIVE_INT, ArgumentParser
+from gradtag.checks import OUTPUT_FILE, POSITIVE_INT, ArgumentParser
 from gradtag.results import write_subsets
 from gradtag.subsets import DEFAULT_SAMPLED_DIR, all_pairs, sample_subsets, subsets_file_path
 
@@ -51,6 +51,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     group = parser.add_argument_group("output")
     group.add_argument(
         "--out",
+        type=OUTPUT_FILE,
         default=None,
         help=f"file to write (default: {DEFAULT_SAMPLED_DIR}/<dataset>_m<m>_a<a>_s<seed>.txt or "
         f"{DEFAULT_SAMPLED_DIR}/<dataset>_pairs.txt)",

@@ -24,7 +24,7 @@ from __future__ import annotations
 import argparse
 
 from gradtag.artifacts import run_main
-from gradtag.checks import POSITIVE, POSITIVE_INT, ArgumentParser
+from gradtag.checks import OUTPUT_FILE, POSITIVE, POSITIVE_INT, ArgumentParser
 from gradtag.taylor import METRICS
 from steps.cli import add_folder_args, add_run_args
 from steps.taylor import TaylorJob, run
@@ -50,7 +50,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     group.add_argument(
         "--eval-batch-size", type=POSITIVE_INT, default=4096, help="samples per jvp call (memory knob; no effect on results)"
     )
-    group.add_argument("--out", default=None, help="output JSON (default: <results-dir>/<dataset>_taylor.json)")
+    group.add_argument("--out", default=None, type=OUTPUT_FILE, help="output JSON (default: <results-dir>/<dataset>_taylor.json)")
     group.add_argument("--overwrite", action="store_true", help="replace an existing output JSON instead of refusing")
     add_run_args(parser)
     add_folder_args(parser, "results")

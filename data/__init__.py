@@ -25,7 +25,7 @@ from data.snap import SNAP_URL, load_snap
 from data.templates import load_instructions
 from data.text import TextDataset, build_text_dataset, load_text_splits
 from data.text_planted import load_text_default
-from gradtag.artifacts import UsageError, atomic_path, fingerprint, write_json
+from gradtag.artifacts import UsageError, atomic_path, fingerprint, save_torch, write_json
 from gradtag.checks import NONNEGATIVE_INT, OPEN_FRACTION, POSITIVE, POSITIVE_INT, PROBABILITY
 from gradtag.results import read_subsets, write_subsets
 
@@ -262,8 +262,7 @@ def cached_features(cache_dir: Path, edges: np.ndarray, num_nodes: int, options:
     features = build_features(
         edges, num_nodes, options["embedding_dim"], options["noise_dims"], options["num_hops"], options["split_seed"]
     )
-    with atomic_path(cache) as tmp:
-        torch.save(features, tmp)
+    save_torch(cache, features)
     return features
 
 

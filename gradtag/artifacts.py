@@ -10,6 +10,8 @@ refuses inputs made by an incompatible earlier step instead of producing silent 
 from __future__ import annotations
 
 import contextlib
+import contextvars
+import errno
 import hashlib
 import json
 import os
@@ -25,21 +27,33 @@ class UsageError(Exception):
     """Bad input from the user: printed as one line, exit status 2, nothing half-written."""
 
 
+INTERRUPTED = "interrupted (Ctrl-C); nothing half-written, finished work is kept"
+
+
 def run_main(main, args) -> None:
-    """Call ``main(args)``; turn a :class:`UsageError` into a one-line message on stderr and exit status 2."""
+    """Call ``main(args)``; turn a :class:`UsageError` into a one-line message on stderr and exit status 2, and an
+    interrupt (Ctrl-C) into the line ``error: interrupted ...`` and exit status 130 (128 + SIGINT, as a shell reports it)."""
     try:
         main(args)
     except UsageError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:
+        print(f"error: {INTERRUPTED}", file=sys.stderr)
+        sys.exit(130)
 
 
 # ---------------------------------------------------------------------------------------------------------- writes
-def check_output_path(path: str | Path) -> None:
-    """Make ``path``'s folder (and its parents); refuse, as a :class:`UsageError`, a parent that is a file, a folder
-    that cannot be created, and a ``path`` that exists but is not a regular file (a folder, a link, a device): the
-    atomic rename would replace it."""
+def check_output_path(path: str | Path) -> list[Path]:
+    """Make ``path``'s folder (and its parents); refuse, as a :class:`UsageError`, a ``path`` naming a folder (``/``,
+    ``.``), a parent that is a file, a folder that cannot be created, and a ``path`` that exists but is not a regular
+    file (a folder, a link, a device): the atomic rename would replace it. Flags naming a file to write are checked
+    at parse time too (``gradtag.checks.OUTPUT_FILE``), so that the error names the flag. Returns the folders it
+    made, deepest first."""
     path = Path(path)
+    if path.name in ("", ".."):
+        raise UsageError(f"cannot write {path}: it names a folder, not a file; name a file in it")
+    made = [parent for parent in path.parents if not parent.exists()]
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError):
@@ -51,17 +65,82 @@ def check_output_path(path: str | Path) -> None:
         ) from None
     if path.is_symlink() or (path.exists() and not path.is_file()):
         raise UsageError(f"{path} exists and is not a regular file (a folder, link or device); choose another output path")
+    return made
+
+
+# why a write failed, for the errors of the device rather than of the path: one line and the fix, not a traceback
+_DEVICE_ERRORS = {
+    errno.ENOSPC: "no space left on device; free space and rerun (finished work is kept)",
+    errno.EDQUOT: "disk quota exceeded; free space and rerun (finished work is kept)",
+    errno.EFBIG: "file too large for this file system; write to another file system and rerun (finished work is kept)",
+    errno.EROFS: "the file system is read-only; choose a writable output path",
+    errno.EIO: "input/output error on the device; check the disk and rerun (finished work is kept)",
+}
+
+
+class _WriteSet:
+    """The files of one :func:`atomic_set`: (temporary, final path) pairs, the paths to delete, in order, and the
+    folders made for them."""
+
+    def __init__(self) -> None:
+        self.files: list[tuple[Path, Path]] = []
+        self.stale: list[Path] = []
+        self.made: list[Path] = []
+
+    def remove(self, path: str | Path) -> None:
+        """Delete ``path`` (if it exists) when the set is renamed into place, not before: a file of an earlier run
+        that the new set does not replace."""
+        self.stale.append(Path(path))
+
+
+_OPEN_SET: contextvars.ContextVar[_WriteSet | None] = contextvars.ContextVar("open_write_set", default=None)
+
+
+@contextlib.contextmanager
+def atomic_set() -> Iterator[_WriteSet]:
+    """Write several files as one result set: each :func:`atomic_path` write inside the block (``write_json``,
+    ``save_npy``, ``write_results``, ...) goes to its temporary file, and all of them are renamed into place only
+    once the block has succeeded; on any failure (a full disk, an interrupt, a refusal) every temporary is removed and
+    the files of the previous set stay as they were. A file written in the block is not visible until the block ends.
+    A set opened inside another joins it. Yields the set, whose ``remove(path)`` deletes a stale file at the end."""
+    if _OPEN_SET.get() is not None:
+        yield _OPEN_SET.get()
+        return
+    files = _WriteSet()
+    token = _OPEN_SET.set(files)
+    try:
+        yield files
+    except BaseException:
+        for tmp, _ in files.files:
+            tmp.unlink(missing_ok=True)
+        _remove_empty(files.made)
+        raise
+    finally:
+        _OPEN_SET.reset(token)
+    for tmp, path in files.files:
+        os.replace(tmp, path)
+    for path in files.stale:
+        if not any(path == target for _, target in files.files):
+            path.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds."""
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds (inside an
+    :func:`atomic_set`, when the set's block succeeds). Every file a step writes goes through here, so a full disk (or
+    another failure of the device) while writing is one :class:`UsageError` line naming ``path``, never a traceback."""
     path = Path(path)
-    check_output_path(path)
+    made = check_output_path(path)
+    write_set = _OPEN_SET.get()
+    if write_set is not None:
+        write_set.made += made
+        made = []  # the set removes them if it fails
     try:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     except OSError as err:
-        raise UsageError(f"cannot write {path} ({err.strerror}); choose a writable output path") from None
+        reason = _DEVICE_ERRORS.get(err.errno, f"{err.strerror}; choose a writable output path")
+        _remove_empty(made)
+        raise UsageError(f"cannot write {path}: {reason}") from None
     os.close(fd)
     tmp = Path(tmp)
     try:
@@ -69,10 +148,27 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the final file the usual permissions
-        os.replace(tmp, path)
+        if write_set is None:
+            os.replace(tmp, path)
+        else:
+            write_set.files.append((tmp, path))
+            tmp = None  # the set renames or removes it
+        made = []
+    except OSError as err:
+        if err.errno not in _DEVICE_ERRORS:
+            raise
+        raise UsageError(f"cannot write {path}: {_DEVICE_ERRORS[err.errno]}") from None
     finally:
-        if tmp.exists():
+        if tmp is not None and tmp.exists():
             tmp.unlink()
+        _remove_empty(made)
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove those of ``folders`` (made by a write that failed) that are empty, deepest first."""
+    for folder in sorted(set(folders), key=lambda folder: len(folder.parts), reverse=True):
+        with contextlib.suppress(OSError):
+            folder.rmdir()
 
 
 @contextlib.contextmanager
@@ -119,6 +215,16 @@ def save_npy(path: str | Path, array: np.ndarray) -> None:
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as fh:
             np.save(fh, array)
+
+
+def save_torch(path: str | Path, obj) -> None:
+    """``torch.save(obj)`` to ``path``, atomically, through a Python file (so a full disk is an ``OSError`` that
+    :func:`atomic_path` reports, not torch's ``RuntimeError``)."""
+    import torch
+
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            torch.save(obj, fh)
 
 
 def save_npz(path: str | Path, **arrays: np.ndarray) -> None:

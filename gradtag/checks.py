@@ -1,4 +1,5 @@
-"""Numeric flag types that validate at parse time: one rule per kind of number, shared by every script's flags.
+"""Flag types that validate at parse time: one rule per kind of number, and one for a file to write, shared by every
+script's flags.
 
 ``type=POSITIVE_INT`` (and the others) turns a bad value into argparse's error, which the scripts' parser
 (:class:`ArgumentParser` below) prints as one line with exit status 2, before any file is touched.
@@ -8,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 from collections.abc import Callable
+from pathlib import Path
 
 
 def number(
@@ -55,6 +58,17 @@ NONNEGATIVE = number(float, 0)
 PROBABILITY = number(float, 0, 1)
 DROPOUT = number(float, 0, 1, open_high=True)
 OPEN_FRACTION = number(float, 0, 1, open_low=True, open_high=True)
+
+
+def OUTPUT_FILE(text: str) -> str:  # noqa: N802 (named like the other flag types)
+    """An argparse ``type`` for a flag naming a file to write (``--out``, ``--write``, ...): refuses a folder —
+    ``/``, ``.``, ``..``, a path ending in ``/`` or an existing folder — which no file can be renamed onto."""
+    if not text:
+        raise argparse.ArgumentTypeError("is empty; name a file to write")
+    if text.endswith(("/", os.sep)) or Path(text).name in ("", "..") or Path(text).is_dir():
+        example = os.path.join(text, "NAME")
+        raise argparse.ArgumentTypeError(f"{text!r} is a folder, not a file; name a file in it, such as {example}")
+    return text
 
 
 class ArgumentParser(argparse.ArgumentParser):

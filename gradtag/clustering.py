@@ -26,6 +26,7 @@ from gradtag.artifacts import atomic_path
 # solves in ~1-3 s and n = 500 in ~70 s / 0.8 GB on 2 cores. The iteration cap bounds the worst case (~10 min at n = 500).
 SCS_EPS = 1e-4
 SCS_MAX_ITERS = 10000
+SCS_INTERRUPTED = -5  # SCS's status when it caught SIGINT itself (cvxpy reports it as a solver failure)
 LAMBDA_GRID_SIZE = 91  # thresholds 1/n, 1.1/n, ..., 10/n
 
 
@@ -113,7 +114,8 @@ def sdp_cluster(T: np.ndarray, k: int, eps: float = SCS_EPS, max_iters: int = SC
     grows like n^2; interior-point solvers such as Clarabel need tens of GB at n = 200). Before solving, ``T`` is
     shifted by its mean and divided by its spread: with ``X e = e`` a constant shift adds ``c * n`` to the objective
     and a positive scale multiplies it, so the maximiser is the same and SCS converges faster.
-    Raises RuntimeError when SCS returns no solution.
+    Raises RuntimeError when SCS returns no solution, and KeyboardInterrupt when it stopped because of Ctrl-C: SCS
+    catches SIGINT while it solves, so Python never sees it.
     """
     import cvxpy as cp
 
@@ -126,7 +128,14 @@ def sdp_cluster(T: np.ndarray, k: int, eps: float = SCS_EPS, max_iters: int = SC
     X = cp.Variable((n, n), PSD=True)
     constraints = [cp.sum(X, axis=1) == 1, cp.trace(X) == k, X >= 0]
     problem = cp.Problem(cp.Maximize(cp.sum(cp.multiply(S, X))), constraints)
-    problem.solve(solver=cp.SCS, eps_abs=eps, eps_rel=eps, max_iters=max_iters, verbose=verbose)
+    data, chain, inverse_data = problem.get_problem_data(cp.SCS)  # problem.solve's steps, to see SCS's own status
+    raw = chain.solve_via_data(problem, data, verbose=verbose, solver_opts=dict(eps_abs=eps, eps_rel=eps, max_iters=max_iters))
+    if raw["info"]["status_val"] == SCS_INTERRUPTED:
+        raise KeyboardInterrupt
+    try:
+        problem.unpack_results(raw, chain, inverse_data)
+    except cp.error.SolverError:
+        pass  # X stays None: reported below
     if X.value is None:
         raise RuntimeError(f"SCS found no solution of the SDP (status {problem.status}); try a larger max_iters")
     return symmetrize(X.value)
@@ -228,10 +237,31 @@ def kmeans_cluster(T: np.ndarray, k: int, seed: int = 0, n_init: int = 10) -> li
     return labels_to_groups(model.fit_predict(symmetrize(T)))
 
 
+# ---------------------------------------------------------------------------------------------------------- no structure
+def has_no_structure(T: np.ndarray) -> bool:
+    """Whether ``T`` ``(n, n)`` ranks no grouping above another: symmetrised, its diagonal entries are all equal and
+    so are its off-diagonal ones (``a I + b 11ᵀ``: a constant matrix, a (boolean) identity), so every split into ``k``
+    groups has the same Eq. 7 value, for the SDP and the baselines alike. Row centring and the exp transform keep
+    this form, so the raw and the prepared matrix agree. Rounding errors (1e-12 of the largest entry) are ignored."""
+    S = symmetrize(T)
+    n = S.shape[0]
+    off = S[~np.eye(n, dtype=bool)]
+    diagonal = np.diag(S)
+    tolerance = 1e-12 * max(1.0, float(np.abs(S).max()))
+    return n > 1 and np.ptp(off) <= tolerance and np.ptp(diagonal) <= tolerance
+
+
+def consecutive_groups(n: int, k: int) -> list[list[int]]:
+    """Tasks ``0..n-1`` cut in order into ``k`` groups whose sizes differ by at most one (the larger ones first)."""
+    return [part.tolist() for part in np.array_split(np.arange(n), k)]
+
+
 # ---------------------------------------------------------------------------------------------------------- registry
 @dataclass
 class Clustering:
-    """One method's grouping of the matrix it was given: groups, Eq. 7 objective, seconds, and SDP rounding details."""
+    """One method's grouping of the matrix it was given: groups, Eq. 7 objective, seconds, and SDP rounding details;
+    ``structured`` is False when the matrix had nothing to cluster (:func:`has_no_structure`), ``message`` then says
+    so."""
 
     method: str
     groups: list[list[int]]
@@ -240,6 +270,7 @@ class Clustering:
     exact: bool = True
     lam: float | None = None
     message: str = ""
+    structured: bool = True
 
 
 def _sdp(T: np.ndarray, k: int, seed: int, rounding: str) -> tuple[list[list[int]], bool, float | None, str]:
@@ -264,11 +295,24 @@ def cluster(T: np.ndarray, k: int, method: str = "sdp", seed: int = 0, rounding:
     """Group the tasks of ``T`` ``(n, n)`` (already prepared, see :func:`prepare_affinity`) into ``k`` groups by name.
 
     ``method`` in :data:`METHODS`; ``seed`` feeds the k-means inits of spectral and k-means (the SDP is deterministic);
-    ``rounding`` is used by the SDP only. The objective is :func:`average_density` of ``T``.
+    ``rounding`` is used by the SDP only. The objective is :func:`average_density` of ``T``. A ``T`` with no
+    structure (:func:`has_no_structure`) and ``1 < k < n`` gets :func:`consecutive_groups`, exactly ``k`` of them,
+    with ``structured=False`` and the reason in ``message``: any method would return an arbitrary split (the SDP's
+    rounding, often ``n`` singletons).
     """
     if method not in METHODS:
         raise KeyError(f"unknown method {method!r}; choose from {sorted(METHODS)}")
     start = time.perf_counter()
+    n = T.shape[0]
+    if 1 < k < n and has_no_structure(T):
+        groups = consecutive_groups(n, k)
+        message = (
+            f"has no structure to cluster: every pair of tasks has the same affinity, so every split into {k} groups "
+            f"scores the same; wrote {k} groups of consecutive tasks (check the step that made it)"
+        )
+        return Clustering(
+            method, groups, average_density(T, groups), time.perf_counter() - start, message=message, structured=False
+        )
     groups, exact, lam, message = METHODS[method](T, k, seed, rounding)
     seconds = time.perf_counter() - start
     return Clustering(

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from gradtag.artifacts import UsageError, atomic_path, check_compatible, read_config
+from gradtag.artifacts import UsageError, check_compatible, read_config, save_torch
 from gradtag.checkpoints import load_weights
 from gradtag.datamaps import sigmoid_true_probability
 from gradtag.flops import SampledFlops
@@ -311,8 +311,7 @@ def trainable_state(model) -> dict[str, torch.Tensor]:
 
 
 def save_checkpoint(folder: Path, model) -> None:
-    with atomic_path(Path(folder) / "model.pt") as tmp:
-        torch.save(trainable_state(model), tmp)
+    save_torch(Path(folder) / "model.pt", trainable_state(model))
 
 
 def model_from_config(config: dict, device) -> torch.nn.Module:

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from gradtag.artifacts import UsageError, atomic_path, check_compatible, read_config
+from gradtag.artifacts import UsageError, check_compatible, read_config, save_torch
 from gradtag.checkpoints import load_weights
 from gradtag.datamaps import sigmoid_true_probability
 from gradtag.flops import SampledFlops
@@ -422,8 +422,7 @@ def run_schedule(
 
 # ---------------------------------------------------------------------------------------------------------- checkpoints
 def save_checkpoint(folder: Path, model: torch.nn.Module) -> None:
-    with atomic_path(Path(folder) / "model.pt") as tmp:
-        torch.save(model.state_dict(), tmp)
+    save_torch(Path(folder) / "model.pt", model.state_dict())
 
 
 def model_from_config(config: dict, device: torch.device) -> torch.nn.Module:

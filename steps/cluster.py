@@ -18,7 +18,7 @@ import numpy as np
 from data import read_planted_groups
 from gradtag import datamaps
 from gradtag.affinity import fill_uncovered
-from gradtag.artifacts import UsageError, fingerprint, load_npz, read_json, save_npy, write_json
+from gradtag.artifacts import UsageError, atomic_set, fingerprint, load_npz, read_json, save_npy, write_json
 from gradtag.clustering import (
     METHODS,
     average_density,
@@ -165,6 +165,7 @@ def run(job: ClusterJob) -> tuple[dict, dict]:
         "exact_k": main_result.exact,
         "lambda": main_result.lam,
         "message": main_result.message,
+        "structured": main_result.structured,
         "objective": main_result.objective,
         "objective_note": "objective: Eq. 7 average density of the clustered (centred/exp'd) matrix; "
         "objective_input: of the symmetrised input",
@@ -177,11 +178,15 @@ def run(job: ClusterJob) -> tuple[dict, dict]:
         summary["planted"] = str(job.planted)
         summary["ari"] = comparison[job.method]["ari"]
 
-    write_subsets(out, main_result.groups, header=header)
-    write_json(summary_path, summary)
-    plot_affinity_heatmap(
-        S, main_result.groups, heatmap_path, title=f"{job.method}, k={job.k}, {transform}, Eq. 7 = {main_result.objective:.4g}"
-    )
+    with atomic_set():  # the groups file, its summary and the heatmap appear together or not at all
+        write_subsets(out, main_result.groups, header=header)
+        write_json(summary_path, summary)
+        plot_affinity_heatmap(
+            S,
+            main_result.groups,
+            heatmap_path,
+            title=f"{job.method}, k={job.k}, {transform}, Eq. 7 = {main_result.objective:.4g}",
+        )
     return summary, comparison
 
 
@@ -281,15 +286,16 @@ def run_data_map(job: ClusterJob) -> tuple[dict, dict]:
         summary["planted"] = str(job.planted)
         summary["ari"] = comparison[method]["ari"]
 
-    write_subsets(out, groups, header=header)
-    save_npy(members_path, result.memberships)
-    write_json(summary_path, summary)
-    # the existing (n, n) heatmap on the co-membership UᵀU: entry (i, j) = Σ_g u_gi u_gj, 1 for two tasks sharing a group
-    plot_affinity_heatmap(
-        result.memberships.T @ result.memberships,
-        groups,
-        heatmap_path,
-        task_names=task_names,
-        title=f"data map, {method}, k={job.k}, {settings}: co-membership UᵀU",
-    )
+    with atomic_set():  # the groups, memberships, summary and heatmap appear together or not at all
+        write_subsets(out, groups, header=header)
+        save_npy(members_path, result.memberships)
+        write_json(summary_path, summary)
+        # the existing (n, n) heatmap on the co-membership UᵀU: entry (i, j) = Σ_g u_gi u_gj, 1 for two tasks sharing a group
+        plot_affinity_heatmap(
+            result.memberships.T @ result.memberships,
+            groups,
+            heatmap_path,
+            task_names=task_names,
+            title=f"data map, {method}, k={job.k}, {settings}: co-membership UᵀU",
+        )
     return summary, comparison

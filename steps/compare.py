@@ -81,10 +81,26 @@ def check_same_experiment(estimate: tuple, truth: tuple, path: str, allow_partia
     return line
 
 
-def load_side(path: str) -> tuple[list[dict], dict]:
-    """Rows of a results CSV and its identity sidecar (same name, .json)."""
+# what each side's rows hold in their ``source`` column, and the step that writes such a file
+SIDES = {
+    "--estimated": ("estimate", "an estimate", "fit_linear_estimates.py's *_estimate.csv"),
+    "--trained": ("trained", "a trained truth", "train_multitask.py --subsets-file's CSV"),
+}
+
+
+def load_side(path: str, flag: str) -> tuple[list[dict], dict]:
+    """Rows of a results CSV and its identity sidecar (same name, .json), refused unless the file is what ``flag``
+    (``--estimated`` or ``--trained``) takes: its rows' ``source`` (or, for a file without rows, its sidecar: an
+    estimate's records its ``bases``) must be that side's."""
     rows = read_results(path)
     meta = read_json(Path(path).with_suffix(".json"))
+    source, noun, writer = SIDES[flag]
+    sources = sorted({row["source"] for row in rows}) or ["estimate" if "bases" in meta else "trained"]
+    if sources != [source]:
+        raise UsageError(
+            f"{flag} {path} holds {' and '.join(sources)} rows (source {', '.join(map(repr, sources))}), not {noun}; "
+            f"pass {writer} as {flag} (were --estimated and --trained swapped?)"
+        )
     return rows, meta
 
 
@@ -154,8 +170,8 @@ def truth_report(rows, meta, score: str, num_tasks: int, planted, k, seed) -> di
 def run(job: CompareJob) -> tuple[dict, Path, list[str]]:
     """Compare what ``job`` names; write the report JSON. Returns the report, its path and one line per truth saying
     how many (subset, task) scores it shares with the estimate."""
-    truths = [load_side(path) for path in job.trained]
-    estimate = load_side(job.estimated) if job.estimated else None
+    estimate = load_side(job.estimated, "--estimated") if job.estimated else None
+    truths = [load_side(path, "--trained") for path in job.trained]
     first_meta = truths[0][1]
     num_tasks = len(first_meta["task_names"])
     for (_, meta), path in zip(truths[1:] + ([estimate] if estimate else []), [*job.trained[1:], job.estimated], strict=False):

@@ -23,6 +23,7 @@ from data import load_dataset
 from gradtag.affinity import additive_shortfall
 from gradtag.artifacts import (
     UsageError,
+    atomic_set,
     check_compatible,
     load_npy,
     locate_input,
@@ -487,8 +488,12 @@ def run(job: EstimateJob) -> None:
         "one_off": one_off_cost(folders, configs),
         "versions": package_versions(),
     }
-    write_results(csv_path, rows)
-    write_json(csv_path.with_suffix(".json"), meta)
+    with atomic_set():  # the CSV, its sidecar and (unsharded) the affinity files appear together or not at all
+        write_results(csv_path, rows)
+        write_json(csv_path.with_suffix(".json"), meta)
+        if job.num_shards == 1:
+            records = score_records(rows, job.score)
+            matrices = save_affinities(results_dir / f"{name}_estimate", records, num_tasks, subsets, meta, job.affinity)
     if not subsets:
         batches = -(-len(all_subsets) // job.batch_size)
         print(
@@ -502,8 +507,6 @@ def run(job: EstimateJob) -> None:
             f"{len(folders)} base model(s) in {seconds:.2f}s; wrote {csv_path} (merge the shards with merge_results.py)"
         )
         return
-    records = score_records(rows, job.score)
-    matrices = save_affinities(results_dir / f"{name}_estimate", records, num_tasks, subsets, meta, job.affinity)
     print(
         f"estimated {len(subsets)} subsets x {len(folders)} base model(s) ({job.solver}, {job.eval}, λ={job.l2}) "
         f"in {seconds:.2f}s ({format_flops(total_flops if job.count_flops else None)}); wrote {csv_path} and "

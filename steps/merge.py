@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from gradtag.artifacts import UsageError, read_json, without_locations, write_json
+from gradtag.artifacts import UsageError, atomic_set, read_json, without_locations, write_json
 from gradtag.results import ESTIMATE_SEED, read_results, subset_key, write_results
 from gradtag.scores import score_records
 from steps.estimate import save_affinities
@@ -146,15 +146,10 @@ def merge_shards(target: str | Path, paths: list[Path] | None = None) -> tuple[P
         sweeps = [meta["calibration"].get("cost") or {} for meta in metas]
         cost = {key: [sweep.get(key) for sweep in sweeps] for key in ("seconds", "cpu_seconds", "flops")}
         meta["calibration"] = {**identity["calibration"], "cost": {key: None if None in v else sum(v) for key, v in cost.items()}}
-    write_results(target, rows)
-    write_json(target.with_suffix(".json"), meta)
-    if rows and rows[0]["source"] == "estimate":
-        save_affinities(
-            target.with_suffix(""),
-            score_records(rows, meta["score"]),
-            len(meta["task_names"]),
-            subsets,
-            meta,
-            meta.get("affinity", "mean"),
-        )
+    with atomic_set():  # the merged CSV, its sidecar and an estimate's affinity files appear together or not at all
+        write_results(target, rows)
+        write_json(target.with_suffix(".json"), meta)
+        if rows and rows[0]["source"] == "estimate":
+            records = score_records(rows, meta["score"])
+            save_affinities(target.with_suffix(""), records, len(meta["task_names"]), subsets, meta, meta.get("affinity", "mean"))
     return target, num_shards

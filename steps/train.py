@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from data import dataset_options, load_dataset
 from gradtag.artifacts import (
     UsageError,
+    atomic_set,
     check_compatible,
     exclusive_lock,
     fingerprint,
@@ -202,23 +203,24 @@ def train_meta_initializations(job, dataset, domain, device, options: dict) -> N
         gradients = domain.task_loss_gradients(model, dataset, tasks, config.balanced, device, progress=not job.no_progress)
         norms = gradients.double().norm(dim=1).cpu().numpy()
         health = assess_base(metrics, norms)
-        domain.save_checkpoint(folder, model)
         identity = base_config(job, dataset, domain, options)
-        if tag_average is not None:
-            metrics["tag"] = save_tag_affinity(folder, tag_average, tasks, identity, config.lr, summary["steps"])
-            metrics["flops"] += metrics["tag"]["flops"]  # like its seconds, the run's FLOPs include the look-aheads
-        else:  # an overwritten run without --record-tag must not leave the previous run's TAG matrix beside it
-            for stale in tag_files(folder):
-                stale.unlink(missing_ok=True)
         written = "model.pt,config.json,metrics.json"
-        if data_map is not None:  # STG-MTL's input (gradtag.datamaps): (epochs, pairs) p(true label), pair -> task, sample
-            save_npz(folder / DATA_MAP_FILE, **data_map, num_tasks=np.int64(dataset.num_tasks))
-            written += f",{DATA_MAP_FILE}"
-        else:  # a data map of an earlier run of this folder (--overwrite) would not describe these weights
-            (folder / DATA_MAP_FILE).unlink(missing_ok=True)
-        write_json(folder / "metrics.json", {**metrics, "health": health.to_json()})
-        config_json = {**identity, "tasks": tasks, "seed": seed, "args": job.record()}
-        write_json(folder / "config.json", config_json)
+        with atomic_set() as checkpoint:  # the checkpoint's files appear together or not at all
+            domain.save_checkpoint(folder, model)
+            if tag_average is not None:
+                metrics["tag"] = save_tag_affinity(folder, tag_average, tasks, identity, config.lr, summary["steps"])
+                metrics["flops"] += metrics["tag"]["flops"]  # like its seconds, the run's FLOPs include the look-aheads
+            else:  # an overwritten run without --record-tag must not leave the previous run's TAG matrix beside it
+                for stale in tag_files(folder):
+                    checkpoint.remove(stale)
+            if data_map is not None:  # STG-MTL's input (gradtag.datamaps): (epochs, pairs) p(true label), pair -> task, sample
+                save_npz(folder / DATA_MAP_FILE, **data_map, num_tasks=np.int64(dataset.num_tasks))
+                written += f",{DATA_MAP_FILE}"
+            else:  # a data map of an earlier run of this folder (--overwrite) would not describe these weights
+                checkpoint.remove(folder / DATA_MAP_FILE)
+            write_json(folder / "metrics.json", {**metrics, "health": health.to_json()})
+            config_json = {**identity, "tasks": tasks, "seed": seed, "args": job.record()}
+            write_json(folder / "config.json", config_json)
         print_metrics(dataset, tasks, metrics)
         headline = "macro_f1" if domain.metric == "f1" else "mean_accuracy"
         print(
@@ -513,6 +515,8 @@ def train_subsets(job, dataset, domain, device, options: dict) -> None:
     """Train one model per line of ``--subsets-file``; with ``--baselines`` also STL and naive MTL, and compare."""
     subsets_path = Path(job.subsets_file)
     subsets = read_subsets(subsets_path, dataset.num_tasks)
+    if job.baselines:
+        check_partition(subsets, subsets_path, dataset.num_tasks)
     task_weights = load_task_weights(job.task_weights, subsets, subsets_path, dataset.num_tasks) if job.task_weights else None
     *init, options, job = fine_tuning_start(job, dataset, domain, device, options)
     name = results_name(job)
@@ -536,6 +540,19 @@ def train_subsets(job, dataset, domain, device, options: dict) -> None:
             results_dir / f"{name}_summary.json",
             {label: {"models": count, key: score, "seconds": seconds} for label, (count, score, seconds) in summary.items()},
         )
+
+
+def check_partition(groups, path: Path, num_tasks: int) -> None:
+    """Refuse, as --baselines does, a groups file whose lines do not partition the tasks 0..n-1: grouped training is
+    compared with STL and naive MTL on every task once, which overlapping groups or a task in no group do not give."""
+    fix = "--baselines compares grouped training with STL and MTL on a partition: list each task in exactly one group"
+    for task in range(num_tasks):
+        lines = [number for number, group in enumerate(groups, start=1) if task in group]
+        if len(lines) > 1:
+            where = " and ".join(map(str, lines))
+            raise UsageError(f"{path} puts task {task} in {len(lines)} groups (groups {where}); {fix} (or drop --baselines)")
+        if not lines:
+            raise UsageError(f"{path} leaves task {task} in no group; {fix} (or drop --baselines)")
 
 
 def results_name(job) -> str:

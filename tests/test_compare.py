@@ -194,7 +194,8 @@ def test_score_records_average_the_seeds_of_one_subset_and_task():
 def test_sides_from_another_dataset_fingerprint_are_refused(tmp_path, capsys, which):
     scores = truth_scores(0.05, seed=0)
     truth = write_side(tmp_path / "truth.csv", rows_of(scores), "finetune")
-    other = write_side(tmp_path / "other.csv", rows_of(scores), "scratch", fingerprint="0000000000000000")
+    source = "estimate" if which == "estimate" else "trained"
+    other = write_side(tmp_path / "other.csv", rows_of(scores, source=source), "scratch", fingerprint="0000000000000000")
     argv = ["--estimated", other, "--trained", truth] if which == "estimate" else ["--trained", truth, other]
     argv += ["--out", str(tmp_path / "report.json")]
     assert exit_status(compare_affinities.main, compare_affinities.get_args_parser(), argv) == 2
