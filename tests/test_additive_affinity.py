@@ -24,7 +24,7 @@ from gradtag.evaluation import per_task_spearman_rows, rows_spearman, split_half
 from gradtag.results import read_results, read_subsets
 from gradtag.scores import score_records
 from steps.estimate import save_affinities
-from tests.conftest import TINY_PLANTED_FLAGS, exit_status
+from tests.conftest import TINY_PLANTED_FLAGS, exit_status, without_base_warnings
 from tests.test_bad_inputs import tree
 
 
@@ -203,7 +203,7 @@ def test_additive_on_pairs_is_refused_before_any_work(pipeline, monkeypatch, cap
     before = tree(pipeline.root)
     argv = ["--gradients", GRADS, "--subsets-file", "pairs.txt", "--no-progress", "--affinity", "additive"]
     status = exit_status(fit_linear_estimates.main, fit_linear_estimates.get_args_parser(), argv)
-    errors = capsys.readouterr().err.splitlines()
+    errors = without_base_warnings(capsys.readouterr().err).splitlines()
     assert status == 2 and len(errors) == 1
     assert errors[0].startswith("error: ") and "pairs.txt is a pair" in errors[0] and "drop --affinity additive" in errors[0]
     assert tree(pipeline.root) == before

@@ -25,7 +25,7 @@ from gradtag.gradients import num_trainable_params
 from gradtag.projection import Projector, projector_from_spec
 from gradtag.results import read_results
 from gradtag.training import load_checkpoint
-from tests.conftest import TINY_PLANTED_FLAGS, exit_status
+from tests.conftest import TINY_PLANTED_FLAGS, exit_status, without_base_warnings
 
 PROJECT_DIM = 8  # d: small, so that the (p, d) matrix is cheap to materialise in a test
 TASKS = range(4)  # TINY_PLANTED has 4 tasks
@@ -221,7 +221,7 @@ def test_second_run_skips_tasks_already_written(base, workdir, capsys):
 
 # ---------------------------------------------------------------------------------------------------------- refusals
 def assert_one_line_error(capsys, *fragments: str) -> None:
-    err = capsys.readouterr().err
+    err = without_base_warnings(capsys.readouterr().err)
     assert err.startswith("error: ") and err.count("\n") == 1, err
     for fragment in fragments:
         assert fragment in err, (fragment, err)
