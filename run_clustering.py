@@ -119,6 +119,10 @@ def main(args: argparse.Namespace) -> dict:
         print(f"warning: {source} {summary['message']}", file=sys.stderr)
     elif not summary["exact_k"]:
         print(f"warning: {source}: {summary['message']}", file=sys.stderr)
+    elif summary.get("repaired"):
+        print(f"note: {source}: {summary['message']}")
+    if summary.get("singletons"):
+        print(f"note: tasks {' '.join(map(str, summary['singletons']))} form groups of their own (the matrix puts them apart)")
     print(format_groups(summary["groups"]))
     if len(comparison) > 1 or "ari" in summary:
         for method, row in comparison.items():

@@ -28,6 +28,9 @@ SCS_EPS = 1e-4
 SCS_MAX_ITERS = 10000
 SCS_INTERRUPTED = -5  # SCS's status when it caught SIGINT itself (cvxpy reports it as a solver failure)
 LAMBDA_GRID_SIZE = 91  # thresholds 1/n, 1.1/n, ..., 10/n
+# When no grid threshold gives k groups: the group count changes only where the threshold crosses an entry of X, so
+# the entries themselves are tried (at most this many, as quantiles: ~1 s at n = 500).
+MAX_FINE_THRESHOLDS = 2000
 
 
 # ---------------------------------------------------------------------------------------------------------- transforms
@@ -171,40 +174,117 @@ def threshold_groups(X: np.ndarray, lam: float, rounding: str = "greedy") -> lis
 
 @dataclass
 class Rounding:
-    """Outcome of :func:`round_sdp`: the groups, the threshold used, and whether exactly ``k`` groups came out."""
+    """Outcome of :func:`round_sdp`: the groups, the threshold used, whether exactly ``k`` groups came out, and
+    ``repaired``: the number of merges (positive) or splits (negative) that took the nearest threshold's groups to
+    ``k`` (0 when a threshold gave them)."""
 
     groups: list[list[int]]
     lam: float | None
     exact: bool
     message: str
+    repaired: int = 0
+
+
+def _nearest_threshold(X: np.ndarray, T: np.ndarray, k: int, rounding: str, thresholds) -> tuple[tuple, float, list]:
+    """Of ``thresholds``, the one whose groups are nearest ``k`` in number, then highest in Eq. 7 (then smallest)."""
+    best = None
+    for lam in thresholds:
+        groups = threshold_groups(X, lam, rounding)
+        key = (abs(len(groups) - k), -average_density(T, groups))
+        if best is None or key < best[0]:
+            best = (key, float(lam), groups)
+    return best
+
+
+def merge_to_k(T: np.ndarray, groups: list[list[int]], k: int) -> list[list[int]]:
+    """Merge groups two at a time, each time the pair whose union raises Eq. 7's sum of group densities most (lowers it
+    least), until ``k`` remain. ``T`` ``(n, n)`` is symmetrised; a group's density is its block's sum over its size."""
+    S = symmetrize(T)
+    groups = [list(group) for group in groups]
+    indicator = np.zeros((S.shape[0], len(groups)))
+    for column, group in enumerate(groups):
+        indicator[group, column] = 1.0
+    cross = indicator.T @ S @ indicator  # (G, G): block sums between groups, within on the diagonal
+    sizes = indicator.sum(axis=0)
+    while len(groups) > k:
+        within = np.diag(cross)
+        merged = (within[:, None] + within[None, :] + 2 * cross) / (sizes[:, None] + sizes[None, :])
+        gain = merged - (within / sizes)[:, None] - (within / sizes)[None, :]
+        gain[np.tril_indices(len(groups))] = -np.inf
+        a, b = np.unravel_index(np.argmax(gain), gain.shape)
+        groups[a] = sorted(groups[a] + groups[b])
+        cross[a, :] += cross[b, :]
+        cross[:, a] += cross[:, b]
+        sizes[a] += sizes[b]
+        keep = np.arange(len(groups)) != b
+        groups.pop(b)
+        cross, sizes = cross[np.ix_(keep, keep)], sizes[keep]
+    return sorted(groups, key=lambda group: group[0])
+
+
+def _bisect(S: np.ndarray, group: list[int]) -> tuple[list[int], list[int]]:
+    """Split ``group`` in two by the sign of the leading eigenvector of its centred block of ``S`` (the tasks that
+    agree with each other most end up together); when the signs agree, the least attached task leaves alone."""
+    block = S[np.ix_(group, group)]
+    _, vectors = np.linalg.eigh(block - block.mean())
+    side = vectors[:, -1] >= 0
+    if side.all() or not side.any():
+        side = np.ones(len(group), dtype=bool)
+        side[np.argmin(block.sum(axis=1))] = False
+    members = np.asarray(group)
+    return members[side].tolist(), members[~side].tolist()
+
+
+def split_to_k(T: np.ndarray, groups: list[list[int]], k: int) -> list[list[int]]:
+    """Split groups one at a time (:func:`_bisect`), each time the one whose split raises Eq. 7's sum of group densities
+    most, until ``k`` groups exist (``k`` at most the number of tasks)."""
+    S = symmetrize(T)
+    groups = [list(group) for group in groups]
+
+    def density(group):
+        return S[np.ix_(group, group)].sum() / len(group)
+
+    def gain(option):
+        index, (left, right) = option
+        return density(left) + density(right) - density(groups[index])
+
+    while len(groups) < k:
+        options = [(index, _bisect(S, group)) for index, group in enumerate(groups) if len(group) > 1]
+        index, (left, right) = max(options, key=gain)
+        groups[index : index + 1] = [left, right]
+    return sorted((sorted(group) for group in groups), key=lambda group: group[0])
 
 
 def round_sdp(X: np.ndarray, T: np.ndarray, k: int, rounding: str = "greedy", grid_size: int = LAMBDA_GRID_SIZE) -> Rounding:
-    """Search thresholds ``lam`` on a linear grid over ``[1/n, 10/n]`` for one giving exactly ``k`` groups.
+    """Exactly ``k`` groups from the SDP solution ``X`` ``(n, n)``: a threshold ``lam`` (Alg. 2 step 6), else a repair.
 
-    ``X`` is the SDP solution ``(n, n)``; ``T`` ``(n, n)`` is the matrix clustered, used only to choose among
-    thresholds: of those giving exactly ``k`` groups, the one with the highest :func:`average_density` (then the
-    smallest ``lam``). If none gives ``k``, the nearest group count is returned (same tie rule), ``exact=False``,
-    and ``message`` says so. For an exact block solution ``X_uv = 1/|group|`` inside a group and 0 outside, so any
-    ``lam`` in ``(0, 1/largest group]`` recovers the groups. ``k = 1`` and ``k = n`` admit one partition each, which
-    is returned without thresholding (``lam=None``): their ideal ``X`` sits exactly on the grid's end ``1/n``.
+    Thresholds on a linear grid over ``[1/n, 10/n]`` first, then (if none gives ``k``) the entries of ``X`` themselves,
+    where the group count changes (at most ``MAX_FINE_THRESHOLDS``). ``T`` ``(n, n)``, the matrix clustered, chooses
+    among thresholds: of those giving ``k`` groups, the highest :func:`average_density` (then the smallest ``lam``).
+    When no threshold gives ``k``, the nearest count's groups are merged (:func:`merge_to_k`) or split
+    (:func:`split_to_k`) by Eq. 7 until ``k`` remain; ``repaired`` and ``message`` say so. For an exact block solution
+    ``X_uv = 1/|group|`` inside a group and 0 outside, so any ``lam`` in ``(0, 1/largest group]`` recovers the groups.
+    ``k = 1`` and ``k = n`` admit one partition each, returned without thresholding (``lam=None``).
     """
     n = X.shape[0]
     if k in (1, n):
         groups = [list(range(n))] if k == 1 else [[task] for task in range(n)]
         return Rounding(groups=groups, lam=None, exact=True, message=f"k={k} of n={n}: the only partition, no threshold")
-    best = None
-    for lam in np.linspace(1 / n, 10 / n, grid_size):
-        groups = threshold_groups(X, lam, rounding)
-        key = (abs(len(groups) - k), -average_density(T, groups))
-        if best is None or key < best[0]:
-            best = (key, float(lam), groups)
+    best = _nearest_threshold(X, T, k, rounding, np.linspace(1 / n, 10 / n, grid_size))
+    if best[0][0] != 0:
+        entries = np.unique(X[np.triu_indices(n, 1)])
+        entries = entries[entries > 0]
+        if len(entries) > MAX_FINE_THRESHOLDS:
+            entries = np.unique(np.quantile(entries, np.linspace(0, 1, MAX_FINE_THRESHOLDS)))
+        best = min(best, _nearest_threshold(X, T, k, rounding, entries), key=lambda candidate: candidate[0])
     (miss, _), lam, groups = best
     if miss == 0:
-        message = f"exactly {k} groups at lambda={lam:.4g}"
-    else:
-        message = f"no threshold in [1/n, 10/n] gives exactly {k} groups; nearest is {len(groups)} groups at lambda={lam:.4g}"
-    return Rounding(groups=groups, lam=lam, exact=miss == 0, message=message)
+        return Rounding(groups=groups, lam=lam, exact=True, message=f"exactly {k} groups at lambda={lam:.4g}")
+    nearest = len(groups)
+    repaired = merge_to_k(T, groups, k) if nearest > k else split_to_k(T, groups, k)
+    how = f"merged {nearest - k} pair(s)" if nearest > k else f"split {k - nearest} group(s)"
+    message = f"no threshold gives exactly {k} groups (nearest: {nearest} at lambda={lam:.4g}); {how} by Eq. 7 to reach {k}"
+    return Rounding(groups=repaired, lam=lam, exact=True, message=message, repaired=nearest - k)
 
 
 # ---------------------------------------------------------------------------------------------------------- baselines
@@ -271,21 +351,22 @@ class Clustering:
     lam: float | None = None
     message: str = ""
     structured: bool = True
+    repaired: int = 0  # the SDP's: merges (> 0) or splits (< 0) that took the nearest threshold to k (round_sdp)
 
 
-def _sdp(T: np.ndarray, k: int, seed: int, rounding: str) -> tuple[list[list[int]], bool, float | None, str]:
+def _sdp(T: np.ndarray, k: int, seed: int, rounding: str) -> tuple[list[list[int]], bool, float | None, str, int]:
     result = round_sdp(sdp_cluster(T, k), T, k, rounding=rounding)
-    return result.groups, result.exact, result.lam, result.message
+    return result.groups, result.exact, result.lam, result.message, result.repaired
 
 
-def _spectral(T: np.ndarray, k: int, seed: int, rounding: str) -> tuple[list[list[int]], bool, float | None, str]:
+def _spectral(T: np.ndarray, k: int, seed: int, rounding: str) -> tuple[list[list[int]], bool, float | None, str, int]:
     groups = spectral_cluster(T, k, seed)
-    return groups, len(groups) == k, None, f"{len(groups)} groups"
+    return groups, len(groups) == k, None, f"{len(groups)} groups", 0
 
 
-def _kmeans(T: np.ndarray, k: int, seed: int, rounding: str) -> tuple[list[list[int]], bool, float | None, str]:
+def _kmeans(T: np.ndarray, k: int, seed: int, rounding: str) -> tuple[list[list[int]], bool, float | None, str, int]:
     groups = kmeans_cluster(T, k, seed)
-    return groups, len(groups) == k, None, f"{len(groups)} groups"
+    return groups, len(groups) == k, None, f"{len(groups)} groups", 0
 
 
 METHODS: dict[str, Callable] = {"sdp": _sdp, "spectral": _spectral, "kmeans": _kmeans}
@@ -313,11 +394,10 @@ def cluster(T: np.ndarray, k: int, method: str = "sdp", seed: int = 0, rounding:
         return Clustering(
             method, groups, average_density(T, groups), time.perf_counter() - start, message=message, structured=False
         )
-    groups, exact, lam, message = METHODS[method](T, k, seed, rounding)
+    groups, exact, lam, message, repaired = METHODS[method](T, k, seed, rounding)
     seconds = time.perf_counter() - start
-    return Clustering(
-        method=method, groups=groups, objective=average_density(T, groups), seconds=seconds, exact=exact, lam=lam, message=message
-    )
+    objective = average_density(T, groups)
+    return Clustering(method, groups, objective, seconds, exact=exact, lam=lam, message=message, repaired=repaired)
 
 
 # ---------------------------------------------------------------------------------------------------------- plot

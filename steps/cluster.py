@@ -165,6 +165,8 @@ def run(job: ClusterJob) -> tuple[dict, dict]:
         "exact_k": main_result.exact,
         "lambda": main_result.lam,
         "message": main_result.message,
+        "repaired": main_result.repaired,
+        "singletons": [group[0] for group in main_result.groups if len(group) == 1] if 1 < job.k < n else [],
         "structured": main_result.structured,
         "objective": main_result.objective,
         "objective_note": "objective: Eq. 7 average density of the clustered (centred/exp'd) matrix; "

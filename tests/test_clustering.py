@@ -108,11 +108,36 @@ def test_rounding_recovers_noisy_planted_groups():
     assert (groups_to_labels(threshold_groups(X, 1 / 20, "components"), 20) >= 0).all()
 
 
-def test_rounding_reports_when_k_is_unreachable():
-    X = np.full((4, 4), 0.25)  # every threshold in [1/4, 10/4] keeps all four together or splits all apart
-    rounding = round_sdp(X, np.eye(4), 2)
-    assert not rounding.exact and "no threshold" in rounding.message
-    assert sorted(t for g in rounding.groups for t in g) == [0, 1, 2, 3]
+def test_rounding_gives_exactly_k_groups_when_no_threshold_does():
+    """Three blocks of three in X: a threshold gives 3 groups or 9 singletons, never 2 (the rounding used to return
+    k + 1 = 3). The repair merges the two blocks T says belong together, and says so; asking for 4 splits a block."""
+    blocks = [[0, 1, 2], [3, 4, 5], [6, 7, 8]]
+    X = np.zeros((9, 9))
+    for block in blocks:
+        X[np.ix_(block, block)] = 1 / 3
+    T = -np.ones((9, 9))
+    for block in blocks:
+        T[np.ix_(block, block)] = 1.0
+    T[np.ix_(blocks[1], blocks[2])] = T[np.ix_(blocks[2], blocks[1])] = 0.5  # blocks 1 and 2 are nearer each other
+    T[6, 7] = T[7, 6] = T[7, 8] = T[8, 7] = 0.6  # and inside block 2, task 7 is the odd one out
+    rounding = round_sdp(X, T, 2)
+    assert rounding.exact and rounding.groups == [[0, 1, 2], [3, 4, 5, 6, 7, 8]] and rounding.repaired == 1
+    assert "no threshold gives exactly 2 groups (nearest: 3" in rounding.message and "merged 1 pair(s)" in rounding.message
+    rounding = round_sdp(X, T, 4)
+    assert rounding.exact and len(rounding.groups) == 4 and rounding.repaired == -1 and "split 1 group(s)" in rounding.message
+    assert sorted(t for g in rounding.groups for t in g) == list(range(9)) and [7] in rounding.groups
+    three = round_sdp(X, T, 3)  # a threshold gives k: no repair
+    assert three.groups == blocks and three.repaired == 0 and three.message.startswith("exactly 3 groups")
+
+
+def test_fine_thresholds_find_k_where_the_grid_does_not():
+    """A group count reached only between two grid points (spacing 0.1/n) is found among X's own entries."""
+    X = np.full((4, 4), 0.0)
+    X[0, 1] = X[1, 0] = 0.2502  # {0, 1} together only for lam <= 0.2502; the grid's first points are 0.25, 0.275
+    X[2, 3] = X[3, 2] = 0.26
+    rounding = round_sdp(X, np.eye(4), 3)  # {0}, {1}, {2, 3}: lam in (0.2502, 0.26]
+    assert rounding.exact and rounding.repaired == 0 and rounding.groups == [[0], [1], [2, 3]]
+    assert 0.2502 < rounding.lam <= 0.26
 
 
 def test_rounding_trivial_k():
