@@ -248,11 +248,15 @@ def estimate_distances(config: dict, weights: np.ndarray, chunk: int) -> np.ndar
     return np.concatenate(norms) / base_norm
 
 
-def calibrate_l2(job, folders: list[Path], configs: list[dict], num_tasks: int, device) -> tuple[str, float, dict]:
+def calibrate_l2(
+    job, folders: list[Path], configs: list[dict], num_tasks: int, device, shared: dict, also: list[int]
+) -> tuple[str, float, dict]:
     """The (solver, λ) of ``--calibrate-solvers`` × ``--l2-grid`` whose estimates best match the trained subsets of
     ``--calibrate-with`` (see :func:`gradtag.evaluation.calibrate`); returns them and a JSON-ready record, with what
     the choice cost the estimate side: the sweep (``cost``: its wall and CPU seconds; FLOPs counted on one λ per solver
-    and base, scaled to the grid) and the calibration subsets trained for real (``truth_cost``, from their sidecars)."""
+    and base, scaled to the grid) and the calibration subsets trained for real (``truth_cost``, from their sidecars).
+    The exact step's products are built for the calibration's tasks and ``also`` (the estimate's) and kept in
+    ``shared``, so the estimate reuses them (their cost is in the sweep's)."""
     start, cpu_start = time.perf_counter(), time.process_time()
     truth_rows, truth_metas = [], []
     for path in job.calibrate_with:
@@ -262,12 +266,12 @@ def calibrate_l2(job, folders: list[Path], configs: list[dict], num_tasks: int, 
         truth_metas.append(meta)
     truth = score_records(truth_rows, job.score)
     subsets = sorted({subset for subset, _, _ in truth})
-    needed = sorted({task for subset in subsets for task in subset})
+    needed = sorted({task for subset in subsets for task in subset} | set(also))
     solvers = job.calibrate_solvers or [job.solver]
     per_setting = {(solver, l2): [] for solver in solvers for l2 in job.l2_grid}
     for folder, config in zip(folders, configs, strict=True):
         for solver in solvers:
-            estimator = base_estimator(job, folder, config, num_tasks, needed, device, ("val",), solver)
+            estimator = base_estimator(job, folder, config, num_tasks, needed, device, ("val",), solver, shared)
             for l2 in tqdm(job.l2_grid, desc=f"calibrate λ ({solver}, {folder.name})", disable=job.no_progress):
                 per_setting[solver, l2].append(estimator(subsets, l2)[0])
     estimates = {key: score_records(averaged_rows(bases, subsets), job.score) for key, bases in per_setting.items()}
@@ -325,7 +329,7 @@ def averaged_rows(per_base: list[dict], subsets, distances=None, ids=None) -> li
     return rows
 
 
-def base_estimator(job, folder: Path, config: dict, num_tasks: int, needed: list[int], device, splits, solver: str):
+def base_estimator(job, folder: Path, config: dict, num_tasks: int, needed: list[int], device, splits, solver: str, shared=None):
     """What step 3 shares across subsets and λ values for one base model, as a function
     ``estimate(subsets, l2) -> (scores, distances, unconverged)``: the scores ``{(subset index, task): {column: value}}``
     of ``splits``, a callable giving the (m,) moves ‖Δ_S‖/‖θ*‖ (an untimed diagnostic) and the number of regressions
@@ -334,11 +338,17 @@ def base_estimator(job, folder: Path, config: dict, num_tasks: int, needed: list
     ``--solver exact-step`` builds :class:`gradtag.exact_step.ExactStep` from the checkpoint (no gradient files read)
     and scores the validation split only (test scores NaN, as a regression on a folder without test gradients gives);
     the regression solvers read the folder's projected gradients (training rows, and ``splits`` to score on) once.
+    ``shared`` (a dict, one per run) keeps each base's :class:`ExactStep`: its products are the exact step's whole
+    per-task cost (n forward-mode products per task), and the calibration and the estimate need the same ones.
     """
     if solver == "exact-step":
-        dataset, model = load_base(config, device, job.data_dir)
-        balanced = config.get("training", {}).get("balanced", False)
-        exact = ExactStep(model, dataset, needed, balanced, device, ("val",), progress=not job.no_progress)
+        exact = (shared or {}).get(str(folder))
+        if exact is None or not set(needed) <= set(exact.tasks):
+            dataset, model = load_base(config, device, job.data_dir)
+            balanced = config.get("training", {}).get("balanced", False)
+            exact = ExactStep(model, dataset, needed, balanced, device, ("val",), progress=not job.no_progress)
+            if shared is not None:
+                shared[str(folder)] = exact
 
         def estimate_exact(subsets, l2):
             return exact.scores(subsets, l2), lambda: exact.distances(subsets, l2), 0
@@ -396,22 +406,27 @@ def load_base(config: dict, device, data_dir=None):
     return dataset, model
 
 
-def estimate_subsets(job, folders: list[Path], configs: list[dict], num_tasks: int, subsets, ids: list[int], device):
+def estimate_subsets(
+    job, folders: list[Path], configs: list[dict], num_tasks: int, subsets, ids: list[int], device, shared: dict
+):
     """Estimate ``subsets`` (global ids ``ids``) on every base: the averaged rows (``averaged_rows``), the wall and CPU
-    seconds (without the FLOP count's second pass) and the FLOPs (counted on the first batch, scaled to all)."""
+    seconds (without the FLOP count's second pass) and the FLOPs (counted on the first batch, scaled to all). Work
+    ``shared`` with the calibration (:func:`base_estimator`) is neither timed nor counted again here."""
     needed = sorted({task for subset in subsets for task in subset})
     start, cpu_start = time.perf_counter(), time.process_time()
     per_base, distance_fns, total_flops, counting_seconds, counting_cpu = [], [], 0, 0.0, 0.0
     for folder, config in zip(folders, configs, strict=True):
-        estimator = base_estimator(job, folder, config, num_tasks, needed, device, ("val", "test"), job.solver)
+        reused = str(folder) in shared
+        estimator = base_estimator(job, folder, config, num_tasks, needed, device, ("val", "test"), job.solver, shared)
         scores, distance_fn, unconverged = estimator(subsets, job.l2)
         per_base.append(scores)
         distance_fns.append(distance_fn)
         if job.count_flops:  # a second, untimed pass (the counter slows small ops several-fold), on one batch only
             counting_start, counting_cpu_start = time.perf_counter(), time.process_time()
             sample = subsets[: job.batch_size]
-            with count_flops() as preparation:  # the per-task work, in full
-                estimator = base_estimator(job, folder, config, num_tasks, needed, device, ("val", "test"), job.solver)
+            with count_flops() as preparation:  # the per-task work, in full (none when the calibration's is reused)
+                splits, cache = ("val", "test"), shared if reused else None
+                estimator = base_estimator(job, folder, config, num_tasks, needed, device, splits, job.solver, cache)
             with count_flops() as fitting:  # the per-subset work of the first batch, scaled to every subset
                 estimator(sample, job.l2)
             total_flops += preparation.total + round(fitting.total * len(subsets) / len(sample))
@@ -447,9 +462,10 @@ def run(job: EstimateJob) -> None:
             f"--affinity additive models subsets of ≥ 3 tasks; every subset in {job.subsets_file} is a pair (the pairwise "
             "T is written): drop --affinity additive"
         )
-    calibration = None
+    calibration, shared = None, {}  # the exact step's products, built once for the calibration and the estimate
     if job.calibrate_with:
-        solver, l2, calibration = calibrate_l2(job, folders, configs, num_tasks, device)
+        needed = sorted({task for subset in subsets for task in subset})
+        solver, l2, calibration = calibrate_l2(job, folders, configs, num_tasks, device, shared, needed)
         job = dataclasses.replace(job, solver=solver, l2=l2)
         rhos = ", ".join(f"{setting}: {rho:.3f}" for setting, rho in calibration["rho_by_setting"].items())
         print(
@@ -459,7 +475,9 @@ def run(job: EstimateJob) -> None:
         for problem in calibration["problems"]:
             print(f"warning: calibration: {problem}", file=sys.stderr)
     if subsets:
-        rows, seconds, cpu_seconds, total_flops = estimate_subsets(job, folders, configs, num_tasks, subsets, owned, device)
+        rows, seconds, cpu_seconds, total_flops = estimate_subsets(
+            job, folders, configs, num_tasks, subsets, owned, device, shared
+        )
     else:  # a shard owning no whole batch: its empty file tells the merge it is done
         rows, seconds, cpu_seconds, total_flops = [], 0.0, 0.0, 0
     dataset = configs[0]["dataset"]

@@ -387,3 +387,36 @@ def test_calibrate_solvers_chooses_the_solver_that_made_the_truth(folders, tmp_p
     assert "newton-cg, λ = 0.1, held-out ρ 1.000" in printed.out
     argv = fit_argv(folders.grads[0], folders.triples, tmp_path / "no", "--calibrate-solvers", "newton-cg")
     assert exit_status(fit_linear_estimates.main, fit_linear_estimates.get_args_parser(), argv) == 2
+
+
+def test_the_calibration_and_the_estimate_share_the_exact_steps_products(folders, tmp_path, monkeypatch):
+    """The exact step's products (n forward-mode passes per task) are built once for the calibration and reused by the
+    estimate: the same CSV as an uncalibrated run at the chosen λ, with one build instead of two, and the build's FLOPs
+    counted once (in the sweep's)."""
+    every = tmp_path / "every.txt"
+    every.write_text("".join(" ".join(map(str, s)) + "\n" for size in (2, 3, 4) for s in itertools.combinations(range(4), size)))
+    exact = ["--solver", "exact-step"]
+    fit(folders.grads[0], every, tmp_path, "--name", "made", "--l2", "0.1", *exact, "--no-count-flops")
+    builds = []
+    original = ExactStep.__init__
+
+    def counted(self, *args, **kwargs):
+        builds.append(1)
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(ExactStep, "__init__", counted)
+    calibrated = ["--calibrate-with", str(tmp_path / "made_estimate.csv"), "--l2-grid", "0.01", "0.1", "1", *exact]
+    fit(folders.grads[0], folders.triples, tmp_path, "--name", "cal", *calibrated, "--no-count-flops")
+    assert len(builds) == 1  # before: one for the sweep, one for the estimate
+    meta = read_json(tmp_path / "cal_estimate.json")
+    assert meta["solver"] == "exact-step" and meta["l2"] == 0.1
+    fit(folders.grads[0], folders.triples, tmp_path, "--name", "plain", "--l2", "0.1", *exact, "--no-count-flops")
+    assert (tmp_path / "cal_estimate.csv").read_bytes() == (tmp_path / "plain_estimate.csv").read_bytes()
+
+    builds.clear()
+    fit(folders.grads[0], folders.triples, tmp_path / "counted", "--name", "cal", *calibrated)
+    assert len(builds) == 2  # the timed build and the sweep's counted one: the estimate's count reuses it
+    counted_meta = read_json(tmp_path / "counted" / "cal_estimate.json")
+    plain = read_json(tmp_path / "plain_estimate.json")
+    assert 0 < counted_meta["flops"] and counted_meta["calibration"]["cost"]["flops"] > counted_meta["flops"]
+    assert plain["flops"] is None
