@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from gradtag.flops import count_flops
 from gradtag.gradients import batched_logits, flat_params, jacobian_products
 from gradtag.regression import mean_bce
 from gradtag.training import binary_f1, task_loss_gradients
@@ -90,3 +91,26 @@ class ExactStep:
                 entry[f"{split}_f1"] = binary_f1(predicted[row], labels)
                 entry[f"{split}_accuracy"] = float(np.mean(predicted[row] == labels))
         return scores
+
+
+def preparation_flops(model, dataset, tasks: Sequence[int], balanced: bool, device, splits=("val",), sampled: int = 2) -> int:
+    """FLOPs of building :class:`ExactStep` for ``tasks`` (same arguments), without building it: the task gradients
+    counted in full (n backward passes), the products counted for the first ``sampled`` tasks and scaled by the
+    samples scored. Each sample's products cost the same whatever its task (n forward-mode passes through one
+    network), so the count is the full build's up to rounding, at a fraction of its time — under the counter a full
+    build takes several times as long as the build itself (n² products at 100 tasks: minutes)."""
+    tasks = list(tasks)
+    with count_flops() as counted:
+        gradients = task_loss_gradients(model, dataset, tasks, balanced, device)
+    total = counted.total
+    base = flat_params(model)
+    probed, probed_samples = 0, 0
+    for split in splits:
+        for task in tasks[:sampled]:
+            x = dataset.features[dataset.samples(task, split)].to(device)
+            with count_flops() as counted:
+                batched_logits(model, base, x)
+                jacobian_products(model, x, gradients, output=task)
+            probed, probed_samples = probed + counted.total, probed_samples + len(x)
+    scored = sum(len(dataset.samples(task, split)) for split in splits for task in tasks)
+    return total + round(probed * scored / max(probed_samples, 1))

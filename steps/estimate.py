@@ -34,7 +34,7 @@ from gradtag.artifacts import (
 )
 from gradtag.checkpoints import gradient_file, weights_fingerprint
 from gradtag.evaluation import calibrate, calibration_problems
-from gradtag.exact_step import ExactStep
+from gradtag.exact_step import ExactStep, preparation_flops
 from gradtag.flops import count_flops, format_flops
 from gradtag.gradients import flat_params, set_flat_params, taylor_logits
 from gradtag.health import base_verdict
@@ -279,15 +279,16 @@ def calibrate_l2(
     solver, l2 = result.best
     problems = calibration_problems(result, {name: job.l2_grid for name in solvers}, subsets, num_tasks)
     cost = {"seconds": time.perf_counter() - start, "cpu_seconds": time.process_time() - cpu_start, "flops": None}
-    if job.count_flops:  # untimed, as step 3's own count: the per-task work in full, one λ's fits scaled to the grid
+    if job.count_flops:  # untimed, as step 3's own count: the per-task work, one λ's fits scaled to the grid
         cost["flops"] = 0
         for folder, config in zip(folders, configs, strict=True):
             for name in solvers:
-                with count_flops() as preparation:
-                    estimator = base_estimator(job, folder, config, num_tasks, needed, device, ("val",), name)
+                splits = ("val",)
+                built = base_estimator(job, folder, config, num_tasks, needed, device, splits, name, shared)
+                prepared, estimator = counted_preparation(job, folder, config, num_tasks, needed, device, splits, name, built)
                 with count_flops() as fitting:
                     estimator(subsets, job.l2_grid[0])
-                cost["flops"] += preparation.total + fitting.total * len(job.l2_grid)
+                cost["flops"] += prepared + fitting.total * len(job.l2_grid)
     spent = [[meta.get(key) for meta in truth_metas] for key in ("seconds", "cpu_seconds", "flops")]
     truth_cost = {key: None if None in values else sum(values) for key, values in zip(cost, spent, strict=True)}
     record = {
@@ -392,6 +393,19 @@ def base_estimator(job, folder: Path, config: dict, num_tasks: int, needed: list
     return estimate_regression
 
 
+def counted_preparation(job, folder: Path, config: dict, num_tasks: int, needed, device, splits, solver: str, built):
+    """(FLOPs of :func:`base_estimator`'s per-task work, an estimator to count the per-subset fits on). The exact step's
+    products are counted on a sample of tasks and scaled (:func:`gradtag.exact_step.preparation_flops`), and ``built``,
+    the timed estimator, counts the fits; a regression is rebuilt under the counter (its preparation is cheap)."""
+    if solver == "exact-step":
+        dataset, model = load_base(config, device, job.data_dir)
+        balanced = config.get("training", {}).get("balanced", False)
+        return preparation_flops(model, dataset, needed, balanced, device), built
+    with count_flops() as preparation:
+        estimator = base_estimator(job, folder, config, num_tasks, needed, device, splits, solver)
+    return preparation.total, estimator
+
+
 def load_base(config: dict, device, data_dir=None):
     """(dataset, θ*) of a step-2 folder's checkpoint, the dataset rebuilt from the checkpoint's own settings."""
     checkpoint = Path(config["checkpoint"])
@@ -416,7 +430,7 @@ def estimate_subsets(
     start, cpu_start = time.perf_counter(), time.process_time()
     per_base, distance_fns, total_flops, counting_seconds, counting_cpu = [], [], 0, 0.0, 0.0
     for folder, config in zip(folders, configs, strict=True):
-        reused = str(folder) in shared
+        reused = job.solver == "exact-step" and str(folder) in shared  # built, timed and counted by the calibration
         estimator = base_estimator(job, folder, config, num_tasks, needed, device, ("val", "test"), job.solver, shared)
         scores, distance_fn, unconverged = estimator(subsets, job.l2)
         per_base.append(scores)
@@ -424,12 +438,15 @@ def estimate_subsets(
         if job.count_flops:  # a second, untimed pass (the counter slows small ops several-fold), on one batch only
             counting_start, counting_cpu_start = time.perf_counter(), time.process_time()
             sample = subsets[: job.batch_size]
-            with count_flops() as preparation:  # the per-task work, in full (none when the calibration's is reused)
-                splits, cache = ("val", "test"), shared if reused else None
-                estimator = base_estimator(job, folder, config, num_tasks, needed, device, splits, job.solver, cache)
+            prepared = 0  # the per-task work (none when the calibration's is reused)
+            if not reused:
+                splits = ("val", "test")
+                prepared, estimator = counted_preparation(
+                    job, folder, config, num_tasks, needed, device, splits, job.solver, estimator
+                )
             with count_flops() as fitting:  # the per-subset work of the first batch, scaled to every subset
                 estimator(sample, job.l2)
-            total_flops += preparation.total + round(fitting.total * len(subsets) / len(sample))
+            total_flops += prepared + round(fitting.total * len(subsets) / len(sample))
             counting_seconds += time.perf_counter() - counting_start
             counting_cpu += time.process_time() - counting_cpu_start
         if unconverged:

@@ -20,7 +20,8 @@ import sample_subsets
 import steps.estimate as estimate_step
 from gradtag.affinity import higher_order_affinity
 from gradtag.artifacts import read_json
-from gradtag.exact_step import ExactStep
+from gradtag.exact_step import ExactStep, preparation_flops
+from gradtag.flops import count_flops
 from gradtag.gradients import flat_params, taylor_logits
 from gradtag.projection import Projector
 from gradtag.regression import fit_subsets, prepare_tasks
@@ -415,8 +416,20 @@ def test_the_calibration_and_the_estimate_share_the_exact_steps_products(folders
 
     builds.clear()
     fit(folders.grads[0], folders.triples, tmp_path / "counted", "--name", "cal", *calibrated)
-    assert len(builds) == 2  # the timed build and the sweep's counted one: the estimate's count reuses it
+    assert len(builds) == 1  # FLOPs counted on a sample of tasks (preparation_flops): no second build
     counted_meta = read_json(tmp_path / "counted" / "cal_estimate.json")
     plain = read_json(tmp_path / "plain_estimate.json")
     assert 0 < counted_meta["flops"] and counted_meta["calibration"]["cost"]["flops"] > counted_meta["flops"]
     assert plain["flops"] is None
+
+
+def test_the_exact_steps_sampled_flop_count_equals_the_full_builds(folders):
+    """preparation_flops counts the products of 2 tasks and scales by the samples scored: the same figure as counting
+    the whole ExactStep build, at a fraction of its time."""
+    config = read_json(folders.grads[0] / "config.json")
+    dataset, model = estimate_step.load_base(config, torch.device("cpu"))
+    tasks = list(range(dataset.num_tasks))
+    with count_flops() as full:
+        ExactStep(model, dataset, tasks, True, torch.device("cpu"), ("val",))
+    sampled = preparation_flops(model, dataset, tasks, True, torch.device("cpu"), ("val",), sampled=2)
+    assert full.total > 0 and sampled == pytest.approx(full.total, rel=1e-9)
