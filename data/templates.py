@@ -22,7 +22,7 @@ import jinja2
 import yaml
 from jinja2.sandbox import SandboxedEnvironment
 
-from gradtag.artifacts import UsageError, atomic_path
+from gradtag.artifacts import UsageError, atomic_path, read_utf8
 
 SEPARATOR = "|||"
 # Stands in for a "|||" inside an example's text while rendering, so it is not taken for the input/target separator
@@ -129,7 +129,7 @@ PromptsourceLoader.add_constructor("!TemplateMetadata", _as_mapping)
 
 def _from_yaml(path: Path, dataset: str) -> list[dict]:
     try:
-        document = yaml.load(path.read_text(), Loader=PromptsourceLoader)
+        document = yaml.load(read_utf8(path, "pass a promptsource template file (UTF-8 YAML)"), Loader=PromptsourceLoader)
     except yaml.YAMLError as err:
         raise UsageError(f"{path} is not valid YAML ({str(err).splitlines()[0]})") from None
     if not isinstance(document, dict) or not isinstance(document.get("templates"), dict):
@@ -141,7 +141,7 @@ def _from_yaml(path: Path, dataset: str) -> list[dict]:
 
 
 def _from_json(path: Path, dataset: str) -> list:
-    text = path.read_text()
+    text = read_utf8(path, "pass a UTF-8 JSON list of templates (or JSONL, one per line)")
     try:
         if path.suffix == ".jsonl":
             entries = [json.loads(line) for line in text.splitlines() if line.strip()]

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from data.templates import Template, check_templates
-from gradtag.artifacts import UsageError, fingerprint
+from gradtag.artifacts import UsageError, fingerprint, read_utf8
 
 SPLITS = ("train", "val", "test")
 HUB_DATASET = "super_glue"  # Hugging Face name of SuperGLUE; its configs are the data set names
@@ -89,7 +89,8 @@ def read_jsonl_examples(path: str | Path, name: str, split: str) -> TextExamples
     if not path.is_file():
         raise UsageError(f"{name}: no {path}; pass --data-dir with {split}.jsonl holding one JSON object per line ({wanted})")
     records, labels = [], []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
+    text = read_utf8(path, f"pass --data-dir with a {split}.jsonl in UTF-8, one JSON object per line ({wanted})")
+    for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         where = f"{path}:{number}"

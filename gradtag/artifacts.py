@@ -196,6 +196,21 @@ def exclusive_lock(path: str | Path, what: str) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def read_utf8(path: str | Path, fix: str) -> str:
+    """The text of a UTF-8 file (JSON, JSONL, YAML); a file that cannot be read, or holds bytes that are not UTF-8, is
+    a one-line :class:`UsageError` naming it (and the line of the first bad byte) and ``fix``."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise UsageError(f"cannot read {path} ({err.strerror or err}); {fix}") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        raise UsageError(f"{path}:{line}: holds bytes that are not UTF-8 text; {fix}") from None
+
+
 def write_json(path: str | Path, obj) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")

@@ -57,6 +57,18 @@ def test_jsonl_loader_refuses_missing_field_label_and_file(tmp_path):
         load_text_examples("rte", tmp_path, "val")
 
 
+def test_text_files_that_are_not_utf8_are_one_line_naming_file_and_line(tmp_path):
+    """A Latin-1 byte in an examples or instructions file was a UnicodeDecodeError traceback."""
+    path = write_jsonl(tmp_path / "train.jsonl", RTE_ROWS[:2])
+    path.write_bytes(path.read_bytes() + b'{"premise": "caf\xe9"}\n')
+    with pytest.raises(UsageError, match=rf"{path}:3: holds bytes that are not UTF-8 text; pass --data-dir"):
+        load_text_examples("rte", tmp_path, "train")
+    for name in ("templates.json", "templates.yaml"):
+        (tmp_path / name).write_bytes(b"\x89PNG\r\n\x1a\n\x00\xff")
+        with pytest.raises(UsageError, match=rf"{tmp_path / name}:1: holds bytes that are not UTF-8 text; pass a"):
+            load_instructions(tmp_path / name, "rte", EXAMPLE)
+
+
 def test_unreachable_hub_asks_for_data_dir(monkeypatch):
     def offline(*args, **kwargs):
         raise ConnectionError("Couldn't reach 'super_glue' on the Hub")
