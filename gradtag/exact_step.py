@@ -93,6 +93,46 @@ class ExactStep:
         return scores
 
 
+class SignStep:
+    """An estimate shaped like the truth's optimiser: Δ_S = −η sign(ḡ_S), ḡ_S = mean_{k∈S} ∇θ L_k(θ*).
+
+    The fine-tuned truth takes a few Adam steps; Adam's normalised update m̂/√v̂ is exactly sign(g) at its first step
+    and stays close to it while the gradient keeps its direction, so its move is about −(steps · lr) sign(ḡ_S), where
+    :class:`ExactStep` moves along −ḡ_S/λ. Scored like the exact step (linearised logits o_j + J_j Δ_S of Eq. 4 on the
+    validation split), but Δ_S is not linear in the subset: J_j Δ_S takes one forward-mode product per subset holding
+    j (m_j of them, where the exact step shares n per task). Uses an :class:`ExactStep`'s task gradients, logits and
+    labels (same tasks and splits).
+    """
+
+    def __init__(self, exact: ExactStep, model, dataset, device):
+        self.exact, self.model, self.dataset, self.device = exact, model, dataset, device
+
+    def moves(self, subsets: Sequence[Sequence[int]], eta: float) -> torch.Tensor:
+        """(m, p) float32 Δ_S of every subset."""
+        return torch.stack([-eta * torch.sign(self.exact._mean_gradient(subset)) for subset in subsets]).float()
+
+    def scores(self, subsets: Sequence[Sequence[int]], eta: float) -> dict:
+        """{(subset index, task): {"<split>_{loss,f1,accuracy}"}} of o_j + J_j Δ_S with η = ``eta`` (steps × lr)."""
+        moves = self.moves(subsets, eta)
+        scores = {}
+        for split, task in self.exact.products:
+            holders = [index for index, subset in enumerate(subsets) if task in subset]
+            if not holders:
+                continue
+            x = self.dataset.features[self.dataset.samples(task, split)].to(self.device)
+            shift = jacobian_products(self.model, x, moves[holders], output=task).double()  # (N, m_j)
+            logits = self.exact.outputs[split, task][None, :] + shift.T
+            losses = mean_bce(logits, self.exact.labels[split, task]).cpu().numpy()
+            predicted = (logits > 0).cpu().numpy()
+            labels = self.exact.labels[split, task] > 0.5
+            for row, index in enumerate(holders):
+                entry = scores.setdefault((index, task), {})
+                entry[f"{split}_loss"] = float(losses[row])
+                entry[f"{split}_f1"] = binary_f1(predicted[row], labels)
+                entry[f"{split}_accuracy"] = float(np.mean(predicted[row] == labels))
+        return scores
+
+
 def preparation_flops(model, dataset, tasks: Sequence[int], balanced: bool, device, splits=("val",), sampled: int = 2) -> int:
     """FLOPs of building :class:`ExactStep` for ``tasks`` (same arguments), without building it: the task gradients
     counted in full (n backward passes), the products counted for the first ``sampled`` tasks and scaled by the

@@ -20,7 +20,7 @@ import sample_subsets
 import steps.estimate as estimate_step
 from gradtag.affinity import higher_order_affinity
 from gradtag.artifacts import read_json
-from gradtag.exact_step import ExactStep, preparation_flops
+from gradtag.exact_step import ExactStep, SignStep, preparation_flops
 from gradtag.flops import count_flops
 from gradtag.gradients import flat_params, taylor_logits
 from gradtag.projection import Projector
@@ -433,3 +433,25 @@ def test_the_exact_steps_sampled_flop_count_equals_the_full_builds(folders):
         ExactStep(model, dataset, tasks, True, torch.device("cpu"), ("val",))
     sampled = preparation_flops(model, dataset, tasks, True, torch.device("cpu"), ("val",), sampled=2)
     assert full.total > 0 and sampled == pytest.approx(full.total, rel=1e-9)
+
+
+def test_sign_step_scores_the_linearised_logits_of_an_adam_shaped_move(folders, workdir):
+    """SignStep moves θ* by Δ_S = −η sign(mean_{k∈S} ∇L_k) (Adam's first normalised step) and scores o + J Δ_S, checked
+    against an independent jvp; its move is not the exact step's (a sign, not the gradient)."""
+    config = read_json(folders.grads[0] / "config.json")
+    dataset, model = estimate_step.load_base(config, "cpu")
+    exact = ExactStep(model, dataset, [0, 1, 2, 3], config["training"]["balanced"], "cpu", splits=("val",))
+    sign = SignStep(exact, model, dataset, "cpu")
+    eta, subsets = 0.01, [(0, 1, 2), (1, 3)]
+    moves = sign.moves(subsets, eta)
+    delta = -eta * torch.sign(exact.gradients[[1, 3]].mean(0))
+    torch.testing.assert_close(moves[1], delta.float())
+    assert torch.isclose(moves.abs(), torch.tensor(eta)).float().mean() > 0.5  # every coordinate moves by η (or 0)
+    scores = sign.scores(subsets, eta)
+    for task in (1, 3):
+        nodes = dataset.samples(task, "val")
+        value, slope, _ = taylor_logits(model, flat_params(model), delta.float(), dataset.features[nodes])
+        z = (value + slope)[:, task].double().numpy()
+        y = dataset.labels[nodes, task].astype(float)
+        assert scores[1, task]["val_loss"] == pytest.approx(np.mean(np.logaddexp(0, z) - y * z), rel=1e-5)
+    assert set(scores) == {(0, 0), (0, 1), (0, 2), (1, 1), (1, 3)}
