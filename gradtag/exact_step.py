@@ -31,6 +31,19 @@ from gradtag.regression import mean_bce
 from gradtag.training import binary_f1, task_loss_gradients
 
 
+def record_scores(scores: dict, split: str, task: int, holders: Sequence[int], logits: torch.Tensor, labels) -> None:
+    """Add loss, F1 and accuracy of ``logits`` (m_j, N) — task ``task``'s logits on ``split`` under each of the subsets
+    ``holders`` (m_j indices) — against ``labels`` (N,) to ``scores[(subset index, task)]``."""
+    losses = mean_bce(logits, labels).cpu().numpy()
+    predicted = (logits > 0).cpu().numpy()
+    labels = labels > 0.5
+    for row, index in enumerate(holders):
+        entry = scores.setdefault((index, task), {})
+        entry[f"{split}_loss"] = float(losses[row])
+        entry[f"{split}_f1"] = binary_f1(predicted[row], labels)
+        entry[f"{split}_accuracy"] = float(np.mean(predicted[row] == labels))
+
+
 class ExactStep:
     """The shared products of the exact strong-penalty estimate for one base model (see the module docstring).
 
@@ -82,14 +95,7 @@ class ExactStep:
                 columns = [self.column[member] for member in subsets[index]]
                 averaging[row, columns] = 1.0 / len(columns)
             logits = self.outputs[split, task][None, :] - (averaging @ products.double().T) / l2  # (m_j, N)
-            losses = mean_bce(logits, self.labels[split, task]).cpu().numpy()
-            predicted = (logits > 0).cpu().numpy()
-            labels = self.labels[split, task] > 0.5
-            for row, index in enumerate(holders):
-                entry = scores.setdefault((index, task), {})
-                entry[f"{split}_loss"] = float(losses[row])
-                entry[f"{split}_f1"] = binary_f1(predicted[row], labels)
-                entry[f"{split}_accuracy"] = float(np.mean(predicted[row] == labels))
+            record_scores(scores, split, task, holders, logits, self.labels[split, task])
         return scores
 
 
@@ -122,14 +128,7 @@ class SignStep:
             x = self.dataset.features[self.dataset.samples(task, split)].to(self.device)
             shift = jacobian_products(self.model, x, moves[holders], output=task).double()  # (N, m_j)
             logits = self.exact.outputs[split, task][None, :] + shift.T
-            losses = mean_bce(logits, self.exact.labels[split, task]).cpu().numpy()
-            predicted = (logits > 0).cpu().numpy()
-            labels = self.exact.labels[split, task] > 0.5
-            for row, index in enumerate(holders):
-                entry = scores.setdefault((index, task), {})
-                entry[f"{split}_loss"] = float(losses[row])
-                entry[f"{split}_f1"] = binary_f1(predicted[row], labels)
-                entry[f"{split}_accuracy"] = float(np.mean(predicted[row] == labels))
+            record_scores(scores, split, task, holders, logits, self.exact.labels[split, task])
         return scores
 
 

@@ -204,6 +204,15 @@ def test_second_order_eval_sits_between_linearized_and_the_network(folders, work
     assert all(np.isfinite(row["test_loss"]) and 0 <= row["test_f1"] <= 1 for row in sec.values())
 
 
+def linearised_loss(model, dataset, delta: torch.Tensor, task: int) -> float:
+    """Task ``task``'s validation BCE under θ* + ``delta`` linearised, by an independent jvp (taylor_logits)."""
+    nodes = dataset.samples(task, "val")
+    value, slope, _ = taylor_logits(model, flat_params(model), delta.float(), dataset.features[nodes])
+    z = (value + slope)[:, task].double().numpy()
+    y = dataset.labels[nodes, task].astype(float)
+    return float(np.mean(np.logaddexp(0, z) - y * z))
+
+
 def test_exact_step_is_the_strong_penalty_limit_of_the_regression_without_projection(folders, workdir):
     config = read_json(folders.grads[0] / "config.json")
     dataset, model = estimate_step.load_base(config, "cpu")
@@ -224,11 +233,7 @@ def test_exact_step_is_the_strong_penalty_limit_of_the_regression_without_projec
     scores = exact.scores([(0, 1, 2), (1, 3)], l2)
     delta = -exact.gradients[[1, 3]].mean(0) / l2
     for task in (1, 3):
-        nodes = dataset.samples(task, "val")
-        value, slope, _ = taylor_logits(model, flat_params(model), delta.float(), dataset.features[nodes])
-        z = (value + slope)[:, task].double().numpy()
-        y = dataset.labels[nodes, task].astype(float)
-        assert scores[1, task]["val_loss"] == pytest.approx(np.mean(np.logaddexp(0, z) - y * z), rel=1e-5)
+        assert scores[1, task]["val_loss"] == pytest.approx(linearised_loss(model, dataset, delta, task), rel=1e-5)
     assert exact.distances([(1, 3)], l2)[0] == pytest.approx(float(delta.norm() / flat_params(model).double().norm()))
 
     # end to end: the CSV of --solver exact-step, and what it refuses
@@ -449,9 +454,5 @@ def test_sign_step_scores_the_linearised_logits_of_an_adam_shaped_move(folders, 
     assert torch.isclose(moves.abs(), torch.tensor(eta)).float().mean() > 0.5  # every coordinate moves by η (or 0)
     scores = sign.scores(subsets, eta)
     for task in (1, 3):
-        nodes = dataset.samples(task, "val")
-        value, slope, _ = taylor_logits(model, flat_params(model), delta.float(), dataset.features[nodes])
-        z = (value + slope)[:, task].double().numpy()
-        y = dataset.labels[nodes, task].astype(float)
-        assert scores[1, task]["val_loss"] == pytest.approx(np.mean(np.logaddexp(0, z) - y * z), rel=1e-5)
+        assert scores[1, task]["val_loss"] == pytest.approx(linearised_loss(model, dataset, delta, task), rel=1e-5)
     assert set(scores) == {(0, 0), (0, 1), (0, 2), (1, 1), (1, 3)}
