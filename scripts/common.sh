@@ -73,6 +73,28 @@ check_calibration() {  # CALIBRATE is 0 (no calibration), auto (40, or more so t
     fi
 }
 
+# sample_steps FLAG...: the subsets (SUBSETS of SUBSET_SIZE, seed SEED) and, with CALIBRATE > 0, the calibration subsets
+# (seed SEED + 1) as timed steps, sample_subsets.py taking FLAG... (the data set's flags). Sets SUBSETS_FILE and NAME,
+# CAL_FILE, and CALIBRATION: step 3's flags naming the calibration truth (results/<CAL_FILE stem>_finetune.csv, which
+# the script trains) and, when SOLVERS is set, the solvers the calibration chooses among.
+sample_steps() {
+    SUBSETS_FILE=sampled_tasks/${DATASET}_m${SUBSETS}_a${SUBSET_SIZE}_s${SEED}.txt
+    NAME=$(basename "$SUBSETS_FILE" .txt)
+    step sample python sample_subsets.py "$@" --num-subsets "$SUBSETS" --subset-size "$SUBSET_SIZE" --seed "$SEED" --overwrite
+    CALIBRATION=()
+    if [ "$CALIBRATE" -gt 0 ]; then
+        CAL_FILE=sampled_tasks/${DATASET}_m${CALIBRATE}_a${SUBSET_SIZE}_s$((SEED + 1)).txt
+        step sample_calibration python sample_subsets.py "$@" --num-subsets "$CALIBRATE" --subset-size "$SUBSET_SIZE" \
+            --seed $((SEED + 1)) --overwrite
+        CALIBRATION=(--calibrate-with "results/$(basename "$CAL_FILE" .txt)_finetune.csv")
+        if [ -n "${SOLVERS:-}" ]; then
+            local solvers
+            read -r -a solvers <<< "$SOLVERS"
+            CALIBRATION+=(--calibrate-solvers "${solvers[@]}")
+        fi
+    fi
+}
+
 _cpu_seconds() {  # CPU seconds (user + system) of this shell's finished children, as of the last `times > $CPU_FILE`
     awk 'NR == 2 { total = 0; for (i = 1; i <= 2; i++) { split($i, t, "m"); total += t[1] * 60 + t[2] } printf "%.1f", total }' "$CPU_FILE"
 }

@@ -42,20 +42,12 @@ if [ -n "$DATA_DIR" ]; then DATA+=(--data-dir "$DATA_DIR"); fi
 LM=(--lora-rank "$LORA_RANK" --epochs "$EPOCHS" --lr "$LR" --batch-size "$BATCH_SIZE")
 if [ -n "$MODEL" ]; then LM+=(--text-model "$MODEL"); fi
 read -r -a TRUTH <<< "$TRUTH_FLAGS"
-SUBSETS_FILE=sampled_tasks/${DATASET}_m${SUBSETS}_a${SUBSET_SIZE}_s${SEED}.txt
-NAME=$(basename "$SUBSETS_FILE" .txt)
 if [ "$SUBSET_SIZE" = 2 ]; then AFFINITY=pairwise; else AFFINITY=higher_order; fi  # step 3's T: f({i,j}, i), else Eq. 1
+SOLVERS=newton-cg  # the calibration's solver: the exact step needs the graph network
 
 # what can be checked without training comes first: the instructions and examples (data check) and the subsets
 step check_data python check_data.py "${DATA[@]}" --threads "$THREADS"
-step sample python sample_subsets.py "${DATA[@]}" --num-subsets "$SUBSETS" --subset-size "$SUBSET_SIZE" --seed "$SEED" --overwrite
-CALIBRATION=()
-if [ "$CALIBRATE" -gt 0 ]; then
-    CAL_FILE=sampled_tasks/${DATASET}_m${CALIBRATE}_a${SUBSET_SIZE}_s$((SEED + 1)).txt
-    step sample_calibration python sample_subsets.py "${DATA[@]}" --num-subsets "$CALIBRATE" --subset-size "$SUBSET_SIZE" \
-        --seed $((SEED + 1)) --overwrite
-    CALIBRATION=(--calibrate-with "results/$(basename "$CAL_FILE" .txt)_finetune.csv" --calibrate-solvers newton-cg)
-fi
+sample_steps "${DATA[@]}"
 if [ -n "$THETA" ]; then
     if [ "$(realpath "$THETA")" != "$(realpath -m "saved/$DATASET/$RUN")" ]; then
         rm -rf "saved/$DATASET/$RUN" && mkdir -p "saved/$DATASET" && cp -r "$THETA" "saved/$DATASET/$RUN"

@@ -24,22 +24,14 @@ SUBSET_SIZE=5     # ... of size alpha = n/4
 K=4               # groups to find
 read -r -a TRUTH <<< "$TRUTH_FLAGS"
 RUN=all_seed${SEED}
-SUBSETS_FILE=sampled_tasks/${DATASET}_m${SUBSETS}_a${SUBSET_SIZE}_s${SEED}.txt
-NAME=$(basename "$SUBSETS_FILE" .txt)
 
 step train_theta python train_multitask.py --dataset $DATASET --seed $SEED --overwrite "${COMMON[@]}"
 step gradients python collect_gradients.py --checkpoint saved/$DATASET/$RUN --project-dim $PROJECT_DIM --overwrite "${COMMON[@]}"
-step sample python sample_subsets.py --dataset $DATASET --num-subsets $SUBSETS --subset-size $SUBSET_SIZE --seed $SEED --overwrite
 # λ must match the truth's regime (README, "The truth's regime"): train a few other subsets for real and pick it there
-CALIBRATION=()
+sample_steps --dataset $DATASET
 if [ "$CALIBRATE" -gt 0 ]; then
-    CAL_FILE=sampled_tasks/${DATASET}_m${CALIBRATE}_a${SUBSET_SIZE}_s$((SEED + 1)).txt
-    step sample_calibration python sample_subsets.py --dataset $DATASET --num-subsets "$CALIBRATE" --subset-size "$SUBSET_SIZE" \
-        --seed $((SEED + 1)) --overwrite
     step truth_calibration python train_multitask.py --dataset $DATASET --subsets-file "$CAL_FILE" \
         --init-from saved/$DATASET/$RUN "${TRUTH[@]}" --overwrite "${COMMON[@]}"
-    read -r -a CALIBRATE_SOLVERS <<< "$SOLVERS"
-    CALIBRATION=(--calibrate-with "results/$(basename "$CAL_FILE" .txt)_finetune.csv" --calibrate-solvers "${CALIBRATE_SOLVERS[@]}")
 fi
 step estimate python fit_linear_estimates.py --gradients gradients/$DATASET/${RUN}_d$PROJECT_DIM \
     --subsets-file "$SUBSETS_FILE" --l2 "$L2" --solver "$SOLVER" "${CALIBRATION[@]}" "${COMMON[@]}"

@@ -58,22 +58,12 @@ RUN=all_seed${SEED}
 DATA=(--dataset "$DATASET" --data-dir "$DATA_DIR" --num-tasks "$NUM_TASKS")
 # class-balanced loss and weight decay keep θ* from memorising its training nodes (see README, the embedded default)
 MODEL=(--hop-width "$HOP_WIDTH" --head-width "$HEAD_WIDTH" --epochs "$EPOCHS" --patience 50 "$BALANCED" --weight-decay "$WEIGHT_DECAY")
-SUBSETS_FILE=sampled_tasks/${DATASET}_m${SUBSETS}_a${SUBSET_SIZE}_s${SEED}.txt
-NAME=$(basename "$SUBSETS_FILE" .txt)
 if [ "$SUBSET_SIZE" = 2 ]; then AFFINITY=pairwise; else AFFINITY=higher_order; fi  # step 3's T: f({i,j}, i), else Eq. 1
 
-# what can be checked without training comes first: the graph's communities (data check) and the subsets
+# what can be checked without training comes first: the graph's communities (data check) and the subsets; λ must
+# match the truth's regime (README, "The truth's regime"): a few other subsets are trained for real to pick it on
 step check_data python check_data.py "${DATA[@]}" --threads "$THREADS"
-step sample python sample_subsets.py "${DATA[@]}" --num-subsets "$SUBSETS" --subset-size "$SUBSET_SIZE" --seed "$SEED" --overwrite
-# λ must match the truth's regime (README, "The truth's regime"): train a few other subsets for real and pick it there
-CALIBRATION=()
-if [ "$CALIBRATE" -gt 0 ]; then
-    CAL_FILE=sampled_tasks/${DATASET}_m${CALIBRATE}_a${SUBSET_SIZE}_s$((SEED + 1)).txt
-    step sample_calibration python sample_subsets.py "${DATA[@]}" --num-subsets "$CALIBRATE" --subset-size "$SUBSET_SIZE" \
-        --seed $((SEED + 1)) --overwrite
-    read -r -a CALIBRATE_SOLVERS <<< "$SOLVERS"
-    CALIBRATION=(--calibrate-with "results/$(basename "$CAL_FILE" .txt)_finetune.csv" --calibrate-solvers "${CALIBRATE_SOLVERS[@]}")
-fi
+sample_steps "${DATA[@]}"
 step train_theta python train_multitask.py "${DATA[@]}" "${MODEL[@]}" --seed "$SEED" --overwrite "${COMMON[@]}"
 step gradients python collect_gradients.py --checkpoint "saved/$DATASET/$RUN" --project-dim $PROJECT_DIM --overwrite "${COMMON[@]}"
 if [ "$CALIBRATE" -gt 0 ]; then

@@ -26,18 +26,10 @@ SUBSET_SIZE=4     # alpha = n/3
 K=4               # groups to find
 read -r -a TRUTH <<< "$TRUTH_FLAGS"
 RUN=all_seed${SEED}
-SUBSETS_FILE=sampled_tasks/${DATASET}_m${SUBSETS}_a${SUBSET_SIZE}_s${SEED}.txt
-NAME=$(basename "$SUBSETS_FILE" .txt)
 COMMON+=(--no-progress)
+SOLVERS=""  # step 3's own solver (newton-cg) calibrates: the exact step needs the graph network
 
-step sample python sample_subsets.py --dataset $DATASET --num-subsets "$SUBSETS" --subset-size $SUBSET_SIZE --seed $SEED --overwrite
-CALIBRATION=()
-if [ "$CALIBRATE" -gt 0 ]; then
-    CAL_FILE=sampled_tasks/${DATASET}_m${CALIBRATE}_a${SUBSET_SIZE}_s$((SEED + 1)).txt
-    step sample_calibration python sample_subsets.py --dataset $DATASET --num-subsets "$CALIBRATE" --subset-size $SUBSET_SIZE \
-        --seed $((SEED + 1)) --overwrite
-    CALIBRATION=(--calibrate-with "results/$(basename "$CAL_FILE" .txt)_finetune.csv")
-fi
+sample_steps --dataset $DATASET
 step train_theta python train_multitask.py --dataset $DATASET --seed $SEED --overwrite "${COMMON[@]}"
 step gradients python collect_gradients.py --checkpoint saved/$DATASET/$RUN --project-dim $PROJECT_DIM --overwrite \
     "${COMMON[@]}"
