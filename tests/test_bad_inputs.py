@@ -335,6 +335,19 @@ def tree(folder: Path) -> dict[str, bytes | None]:
     return {str(path.relative_to(folder)): None if path.is_dir() else path.read_bytes() for path in sorted(folder.rglob("*"))}
 
 
+def refused(module, argv: list, folder: Path, capsys) -> str:
+    """Run ``module`` on ``argv`` in-process; assert exit 2, one ``error:`` line on stderr (``warning:`` lines aside)
+    and every file under ``folder`` unchanged; return the error line."""
+    before = tree(folder)
+    status = exit_status(module.main, module.get_args_parser(), [str(arg) for arg in argv])
+    captured = capsys.readouterr()
+    errors = [line for line in captured.err.splitlines() if not line.startswith("warning:")]
+    assert status == 2, captured
+    assert len(errors) == 1 and errors[0].startswith("error: "), errors
+    assert tree(folder) == before, "the failed run changed files"
+    return errors[0]
+
+
 def test_there_are_at_least_40_cases_across_every_script():
     assert len(CASES) >= 40
     assert {module for module, _, _ in CASES.values()} == {
@@ -354,16 +367,10 @@ def test_there_are_at_least_40_cases_across_every_script():
 def test_bad_input_exits_2_with_one_line_and_changes_nothing(root, monkeypatch, capsys, case):
     module, argv, fragment = CASES[case]
     monkeypatch.chdir(root)
-    argv = [str(arg() if callable(arg) else arg) for arg in argv]
-    before = tree(root)
-    status = exit_status(module.main, module.get_args_parser(), argv)
-    captured = capsys.readouterr()
-    errors = [line for line in captured.err.splitlines() if not line.startswith("warning:")]
+    argv = [arg() if callable(arg) else arg for arg in argv]
     try:
-        assert status == 2, captured
-        assert len(errors) == 1 and errors[0].startswith("error: "), errors
-        assert fragment in errors[0], (fragment, errors[0])
-        assert tree(root) == before, "the failed run changed files"
+        error = refused(module, argv, root, capsys)
+        assert fragment in error, (fragment, error)
     finally:
         shutil.rmtree(root / "bad", ignore_errors=True)
 

@@ -20,25 +20,12 @@ import train_multitask
 from gradtag.results import read_results, write_results
 from tests import test_shards
 from tests.conftest import exit_status
-from tests.test_bad_inputs import tree
+from tests.test_bad_inputs import refused, tree
 from tests.test_shards import CKPT, DATA, ESTIMATE, GRADIENTS, TRUTH, call, expected, npy_files
 
 root = test_shards.root  # θ*, its gradients, 9 subsets and the unsharded truth and estimate (module-scoped, read-only)
 
 SHARDS = ["--num-shards", "3"]
-
-
-def refused(module, argv: list, folder: Path, capsys) -> str:
-    """Run ``module`` on ``argv`` in-process; assert exit 2, one ``error:`` line and ``folder`` unchanged; the line."""
-    capsys.readouterr()
-    before = tree(folder)
-    status = exit_status(module.main, module.get_args_parser(), [str(arg) for arg in argv])
-    captured = capsys.readouterr()
-    errors = [line for line in captured.err.splitlines() if not line.startswith("warning:")]
-    assert status == 2, captured
-    assert len(errors) == 1 and errors[0].startswith("error: "), errors
-    assert tree(folder) == before, "the refused run changed files"
-    return errors[0]
 
 
 # ------------------------------------------------------------------------------------------- item 3: wrong shard rows

@@ -41,7 +41,7 @@ from tests.test_bad_inputs import (
     TRAIN,
     TRUTH,
     call,
-    tree,
+    refused,
 )
 
 
@@ -52,19 +52,6 @@ def root(tmp_path_factory) -> Path:
 
 
 FULL = "no space left on device; free space and rerun (finished work is kept)"
-
-
-def refused(root: Path, capsys, module, argv: list[str]) -> str:
-    """Run ``module`` in-process in ``root`` on ``argv``; assert exit 2, one ``error:`` line on stderr and every file
-    under ``root`` unchanged; return the error line."""
-    before = tree(root)
-    status = exit_status(module.main, module.get_args_parser(), [str(arg) for arg in argv])
-    captured = capsys.readouterr()
-    errors = [line for line in captured.err.splitlines() if not line.startswith("warning:")]
-    assert status == 2, captured
-    assert len(errors) == 1 and errors[0].startswith("error: "), errors
-    assert tree(root) == before, "the failed run changed files"
-    return errors[0]
 
 
 def disk_full_on(monkeypatch, fragment: str) -> list[str]:
@@ -105,7 +92,7 @@ def disk_full_on(monkeypatch, fragment: str) -> list[str]:
 def test_a_full_disk_midway_through_the_estimate_keeps_the_previous_set_whole(root, monkeypatch, capsys, failing):
     monkeypatch.chdir(root)
     failed = disk_full_on(monkeypatch, f"planted_m4_a3_s0{failing}")
-    error = refused(root, capsys, fit_linear_estimates, ["--gradients", GRADS, "--subsets-file", SUBSETS, "--no-progress"])
+    error = refused(fit_linear_estimates, ["--gradients", GRADS, "--subsets-file", SUBSETS, "--no-progress"], root, capsys)
     assert failed, "the simulated full disk was never hit"
     assert error == f"error: cannot write results/planted_m4_a3_s0{failing}: {FULL}"
 
@@ -114,7 +101,7 @@ def test_a_full_disk_leaves_no_file_of_a_new_estimate(root, monkeypatch, capsys)
     monkeypatch.chdir(root)
     disk_full_on(monkeypatch, "fresh_estimate.json")
     argv = ["--gradients", GRADS, "--subsets-file", SUBSETS, "--no-progress", "--name", "fresh"]
-    assert FULL in refused(root, capsys, fit_linear_estimates, argv)
+    assert FULL in refused(fit_linear_estimates, argv, root, capsys)
     assert not list(Path("results").glob("*fresh*")) and not list(Path("results").glob(".*.tmp"))
 
 
@@ -125,7 +112,7 @@ def test_a_full_disk_during_the_merge_writes_no_part_of_the_merged_set(root, mon
         call(fit_linear_estimates, *flags, "--num-shards", 2, "--shard-id", shard)
     try:
         disk_full_on(monkeypatch, "sharded_estimate_higher_order.npy")
-        assert FULL in refused(root, capsys, merge_results, ["results/sharded_estimate.csv"])
+        assert FULL in refused(merge_results, ["results/sharded_estimate.csv"], root, capsys)
         assert not Path("results/sharded_estimate.csv").exists()
     finally:
         for path in Path("results").glob("sharded*"):
@@ -136,7 +123,7 @@ def test_a_full_disk_during_the_merge_writes_no_part_of_the_merged_set(root, mon
 def test_a_full_disk_while_clustering_writes_no_groups_file(root, monkeypatch, capsys, failing):
     monkeypatch.chdir(root)
     disk_full_on(monkeypatch, failing)
-    error = refused(root, capsys, run_clustering, ["--affinity", AFFINITY, "--k", "2", "--out", "g.txt"])
+    error = refused(run_clustering, ["--affinity", AFFINITY, "--k", "2", "--out", "g.txt"], root, capsys)
     assert error == f"error: cannot write {failing}: {FULL}"
 
 
@@ -145,7 +132,7 @@ def test_a_full_disk_while_training_theta_writes_no_part_of_the_checkpoint(root,
     disk_full_on(monkeypatch, "metrics.json")
     argv = [*TRAIN, "--epochs", "2", "--saved-dir", "saved_full"]
     assert (
-        refused(root, capsys, train_multitask, argv) == f"error: cannot write saved_full/planted/all_seed0/metrics.json: {FULL}"
+        refused(train_multitask, argv, root, capsys) == f"error: cannot write saved_full/planted/all_seed0/metrics.json: {FULL}"
     )
     shutil.rmtree("saved_full", ignore_errors=True)  # the (empty) folders made before the write
 
@@ -223,17 +210,17 @@ def test_an_interrupt_inside_a_step_exits_130_with_one_line(monkeypatch, capsys)
 )
 def test_an_output_flag_naming_a_folder_is_refused_naming_the_flag(root, monkeypatch, capsys, module, argv, flag):
     monkeypatch.chdir(root)
-    error = refused(root, capsys, module, argv)
+    error = refused(module, argv, root, capsys)
     assert f"argument {flag}: " in error and "is a folder, not a file; name a file" in error, error
 
 
 # ---------------------------------------------------------------------------------------------------------- item 7
 def test_compare_refuses_the_estimate_and_the_truth_swapped(root, monkeypatch, capsys):
     monkeypatch.chdir(root)
-    error = refused(root, capsys, compare_affinities, ["--estimated", TRUTH, "--trained", ESTIMATE])
+    error = refused(compare_affinities, ["--estimated", TRUTH, "--trained", ESTIMATE], root, capsys)
     assert error.startswith(f"error: --estimated {TRUTH} holds trained rows (source 'trained'), not an estimate"), error
     assert "fit_linear_estimates.py" in error
-    error = refused(root, capsys, compare_affinities, ["--estimated", ESTIMATE, "--trained", ESTIMATE])
+    error = refused(compare_affinities, ["--estimated", ESTIMATE, "--trained", ESTIMATE], root, capsys)
     assert error.startswith(f"error: --trained {ESTIMATE} holds estimate rows (source 'estimate'), not a trained truth")
 
 
@@ -274,7 +261,7 @@ def test_grouped_training_with_baselines_refuses_a_groups_file_that_is_not_a_par
     Path("bad").mkdir(exist_ok=True)
     Path("bad/groups.txt").write_text(groups)
     try:
-        error = refused(root, capsys, train_multitask, [*TRAIN, "--subsets-file", "bad/groups.txt", "--baselines"])
+        error = refused(train_multitask, [*TRAIN, "--subsets-file", "bad/groups.txt", "--baselines"], root, capsys)
     finally:
         shutil.rmtree("bad", ignore_errors=True)
     assert error.startswith(f"error: bad/groups.txt {fragment}; --baselines compares grouped training"), error
