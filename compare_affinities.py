@@ -23,7 +23,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from gradtag.artifacts import run_main
+from gradtag.artifacts import COST_KEYS, run_main, total_cost
 from gradtag.checks import OUTPUT_FILE, POSITIVE_INT, ArgumentParser
 from gradtag.flops import format_flops
 from gradtag.scores import SCORES
@@ -177,15 +177,6 @@ def _split_cells(split: dict | None) -> str:
         return "– | –"
     ari = "–" if split["ari"] is None else f"{split['ari']:.3f}"
     return f"{split['rows']:.3f} ({split['rows_full']:.3f}) | {ari}"
-
-
-COST_KEYS = ("seconds", "cpu_seconds", "flops")
-
-
-def total_cost(parts: list[dict]) -> dict:
-    """The sum of cost records ``{"seconds", "cpu_seconds", "flops"}`` per key; None where a part lacks it."""
-    values = {key: [part.get(key) for part in parts] for key in COST_KEYS}
-    return {key: None if None in found else sum(found) for key, found in values.items()}
 
 
 def print_costs(report: dict) -> None:

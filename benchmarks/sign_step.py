@@ -63,7 +63,7 @@ def main(args: argparse.Namespace) -> None:
     print("| estimate | setting | ρ task/subsets | partner ρ (rows) | paper's ρ (columns) | CPU s |")
     print("|---|---|---|---|---|---|")
     print(f"| exact step's shared products | – | – | – | – | {time.process_time() - start:.1f} |")
-    sign = SignStep(exact, model, dataset, device)
+    sign = SignStep(exact)
     settings = [("exact step", f"λ = {l2:g}", exact.scores, l2) for l2 in args.l2]
     settings += [("sign step", f"η = {eta:g}", sign.scores, eta) for eta in args.eta]
     for name, setting, scores, value in settings:

@@ -325,6 +325,15 @@ def read_config(folder: str | Path, kind: str) -> dict:
     return config
 
 
+COST_KEYS = ("seconds", "cpu_seconds", "flops")  # a cost record: wall seconds, CPU seconds (all threads), FLOPs
+
+
+def total_cost(parts: list[dict]) -> dict:
+    """The sum of cost records (``COST_KEYS``) per key; None where any part lacks it (or records None)."""
+    values = {key: [part.get(key) for part in parts] for key in COST_KEYS}
+    return {key: None if None in found else sum(found) for key, found in values.items()}
+
+
 def add_cost(path: str | Path, seconds: float, flops: int, cpu_seconds: float) -> None:
     """Add wall ``seconds``, ``flops`` and ``cpu_seconds`` (this process, all its threads) to the cost record ``path``
     (``{"seconds", "flops", "cpu_seconds"}``, summed over resumed runs)."""

@@ -58,6 +58,7 @@ class ExactStep:
     """
 
     def __init__(self, model, dataset, tasks: Sequence[int], balanced: bool, device, splits=("val",), progress=False):
+        self.model, self.dataset, self.balanced, self.device, self.splits = model, dataset, balanced, device, splits
         self.tasks = list(tasks)
         self.column = {task: column for column, task in enumerate(self.tasks)}
         gradients = task_loss_gradients(model, dataset, self.tasks, balanced, device)  # (n, p)
@@ -107,11 +108,11 @@ class SignStep:
     :class:`ExactStep` moves along −ḡ_S/λ. Scored like the exact step (linearised logits o_j + J_j Δ_S of Eq. 4 on the
     validation split), but Δ_S is not linear in the subset: J_j Δ_S takes one forward-mode product per subset holding
     j (m_j of them, where the exact step shares n per task). Uses an :class:`ExactStep`'s task gradients, logits and
-    labels (same tasks and splits).
+    labels (same network, tasks and splits).
     """
 
-    def __init__(self, exact: ExactStep, model, dataset, device):
-        self.exact, self.model, self.dataset, self.device = exact, model, dataset, device
+    def __init__(self, exact: ExactStep):
+        self.exact = exact
 
     def moves(self, subsets: Sequence[Sequence[int]], eta: float) -> torch.Tensor:
         """(m, p) float32 Δ_S of every subset."""
@@ -125,8 +126,9 @@ class SignStep:
             holders = [index for index, subset in enumerate(subsets) if task in subset]
             if not holders:
                 continue
-            x = self.dataset.features[self.dataset.samples(task, split)].to(self.device)
-            shift = jacobian_products(self.model, x, moves[holders], output=task).double()  # (N, m_j)
+            exact = self.exact
+            x = exact.dataset.features[exact.dataset.samples(task, split)].to(exact.device)
+            shift = jacobian_products(exact.model, x, moves[holders], output=task).double()  # (N, m_j)
             logits = self.exact.outputs[split, task][None, :] + shift.T
             record_scores(scores, split, task, holders, logits, self.exact.labels[split, task])
         return scores

@@ -30,6 +30,7 @@ from gradtag.artifacts import (
     package_versions,
     read_config,
     read_json,
+    total_cost,
     write_json,
 )
 from gradtag.checkpoints import gradient_file, weights_fingerprint
@@ -285,12 +286,13 @@ def calibrate_l2(
             for name in solvers:
                 splits = ("val",)
                 built = base_estimator(job, folder, config, num_tasks, needed, device, splits, name, shared)
-                prepared, estimator = counted_preparation(job, folder, config, num_tasks, needed, device, splits, name, built)
+                prepared, estimator = counted_preparation(
+                    job, folder, config, num_tasks, needed, device, splits, name, built, shared
+                )
                 with count_flops() as fitting:
                     estimator(subsets, job.l2_grid[0])
                 cost["flops"] += prepared + fitting.total * len(job.l2_grid)
-    spent = [[meta.get(key) for meta in truth_metas] for key in ("seconds", "cpu_seconds", "flops")]
-    truth_cost = {key: None if None in values else sum(values) for key, values in zip(cost, spent, strict=True)}
+    truth_cost = total_cost(truth_metas)
     record = {
         "truths": list(job.calibrate_with),
         "score": job.score,
@@ -393,14 +395,14 @@ def base_estimator(job, folder: Path, config: dict, num_tasks: int, needed: list
     return estimate_regression
 
 
-def counted_preparation(job, folder: Path, config: dict, num_tasks: int, needed, device, splits, solver: str, built):
+def counted_preparation(job, folder: Path, config: dict, num_tasks: int, needed, device, splits, solver: str, built, shared):
     """(FLOPs of :func:`base_estimator`'s per-task work, an estimator to count the per-subset fits on). The exact step's
-    products are counted on a sample of tasks and scaled (:func:`gradtag.exact_step.preparation_flops`), and ``built``,
-    the timed estimator, counts the fits; a regression is rebuilt under the counter (its preparation is cheap)."""
+    products are counted on a sample of tasks and scaled (:func:`gradtag.exact_step.preparation_flops`, with the
+    network and data of the :class:`ExactStep` ``shared`` holds), and ``built``, the timed estimator, counts the fits;
+    a regression is rebuilt under the counter (its preparation is cheap)."""
     if solver == "exact-step":
-        dataset, model = load_base(config, device, job.data_dir)
-        balanced = config.get("training", {}).get("balanced", False)
-        return preparation_flops(model, dataset, needed, balanced, device), built
+        exact = shared[str(folder)]
+        return preparation_flops(exact.model, exact.dataset, needed, exact.balanced, exact.device, exact.splits), built
     with count_flops() as preparation:
         estimator = base_estimator(job, folder, config, num_tasks, needed, device, splits, solver)
     return preparation.total, estimator
@@ -442,7 +444,7 @@ def estimate_subsets(
             if not reused:
                 splits = ("val", "test")
                 prepared, estimator = counted_preparation(
-                    job, folder, config, num_tasks, needed, device, splits, job.solver, estimator
+                    job, folder, config, num_tasks, needed, device, splits, job.solver, estimator, shared
                 )
             with count_flops() as fitting:  # the per-subset work of the first batch, scaled to every subset
                 estimator(sample, job.l2)

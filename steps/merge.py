@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from gradtag.artifacts import UsageError, atomic_set, read_json, without_locations, write_json
+from gradtag.artifacts import UsageError, atomic_set, read_json, total_cost, without_locations, write_json
 from gradtag.results import ESTIMATE_SEED, read_results, subset_key, write_results
 from gradtag.scores import score_records
 from steps.estimate import save_affinities
@@ -143,9 +143,8 @@ def merge_shards(target: str | Path, paths: list[Path] | None = None) -> tuple[P
         "versions": metas[0].get("versions"),
     }
     if identity.get("calibration"):  # every shard ran the calibration sweep: the run's cost is their sum
-        sweeps = [meta["calibration"].get("cost") or {} for meta in metas]
-        cost = {key: [sweep.get(key) for sweep in sweeps] for key in ("seconds", "cpu_seconds", "flops")}
-        meta["calibration"] = {**identity["calibration"], "cost": {key: None if None in v else sum(v) for key, v in cost.items()}}
+        cost = total_cost([meta["calibration"].get("cost") or {} for meta in metas])
+        meta["calibration"] = {**identity["calibration"], "cost": cost}
     with atomic_set():  # the merged CSV, its sidecar and an estimate's affinity files appear together or not at all
         write_results(target, rows)
         write_json(target.with_suffix(".json"), meta)

@@ -446,7 +446,7 @@ def test_sign_step_scores_the_linearised_logits_of_an_adam_shaped_move(folders, 
     config = read_json(folders.grads[0] / "config.json")
     dataset, model = estimate_step.load_base(config, "cpu")
     exact = ExactStep(model, dataset, [0, 1, 2, 3], config["training"]["balanced"], "cpu", splits=("val",))
-    sign = SignStep(exact, model, dataset, "cpu")
+    sign = SignStep(exact)
     eta, subsets = 0.01, [(0, 1, 2), (1, 3)]
     moves = sign.moves(subsets, eta)
     delta = -eta * torch.sign(exact.gradients[[1, 3]].mean(0))
