@@ -229,8 +229,9 @@ def train_meta_initializations(job, dataset, domain, device, options: dict) -> N
             f"{metrics['test']['all_positive_macro_f1']:.4f}); wrote {folder}/{{{written}}}"
         )
         print(format_health(health))
-        if unjudged_note(health):
-            print(unjudged_note(health))
+        note = unjudged_note(health)
+        if note:
+            print(note)
         for problem in health.problems:
             print(f"warning: {problem}")
         if tag_average is not None:
